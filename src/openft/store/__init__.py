@@ -1,0 +1,1 @@
+"""Persistence: SQLAlchemy tables and stores, blob storage, Alembic migrations."""

@@ -1,0 +1,111 @@
+"""Blob storage on a local (or shared, mounted) directory, written atomically.
+
+A blob is written to a temporary name, fsynced and renamed into place, so a crash or a restart
+mid-upload never leaves a half-file visible under a real key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import AsyncIterator, Iterable, Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+CHUNK = 1024 * 1024
+
+
+class BlobTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"blob exceeds {limit} bytes")
+        self.limit = limit
+
+
+class BlobStore:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / ".tmp").mkdir(exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        if "/" in key or key.startswith("."):
+            raise ValueError(f"invalid blob key {key!r}")
+        return self.root / key
+
+    def _temp(self) -> Path:
+        return self.root / ".tmp" / secrets.token_hex(16)
+
+    def _commit(self, temp: Path, key: str) -> None:
+        os.rename(temp, self.path(key))
+        fd = os.open(self.root, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def write(self, key: str, chunks: Iterable[bytes], *, limit: int | None = None) -> tuple[int, str]:
+        """Store ``chunks`` under ``key``; return (size, sha256 hex). Raises BlobTooLarge past ``limit``."""
+        temp = self._temp()
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(temp, "wb") as out:
+                for chunk in chunks:
+                    size += len(chunk)
+                    if limit is not None and size > limit:
+                        raise BlobTooLarge(limit)
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            self._commit(temp, key)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return size, digest.hexdigest()
+
+    async def write_async(
+        self, key: str, chunks: AsyncIterator[bytes], *, limit: int | None = None
+    ) -> tuple[int, str]:
+        """Like ``write`` for an async stream (an upload read chunk by chunk)."""
+        temp = self._temp()
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(temp, "wb") as out:
+                async for chunk in chunks:
+                    size += len(chunk)
+                    if limit is not None and size > limit:
+                        raise BlobTooLarge(limit)
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            self._commit(temp, key)
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        return size, digest.hexdigest()
+
+    def write_file(self, key: str, source: BinaryIO, *, limit: int | None = None) -> tuple[int, str]:
+        return self.write(key, iter(lambda: source.read(CHUNK), b""), limit=limit)
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        with open(self.path(key), "rb") as f:
+            while chunk := f.read(CHUNK):
+                yield chunk
+
+    def exists(self, key: str) -> bool:
+        return self.path(key).exists()
+
+    def delete(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)
+
+    def clean_temp(self) -> int:
+        """Remove temporaries left by a crash; return how many. Run at start-up."""
+        removed = 0
+        for temp in (self.root / ".tmp").iterdir():
+            temp.unlink(missing_ok=True)
+            removed += 1
+        return removed
