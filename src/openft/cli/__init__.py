@@ -1,0 +1,1 @@
+"""Command-line composition roots: serve, api, worker, and the client commands."""

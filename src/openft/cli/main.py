@@ -1,0 +1,24 @@
+"""The ``openft`` command: one entry point whose help is each command's docstring."""
+
+from __future__ import annotations
+
+import click
+
+from openft.cli import client, server
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="openft")
+def main() -> None:
+    """openft: a self-hosted, OpenAI-compatible fine-tuning service.
+
+    Point the official openai SDK at it with base_url="http://127.0.0.1:8000/v1".
+    """
+
+
+for command in server.COMMANDS + client.COMMANDS:
+    main.add_command(command)
+
+
+if __name__ == "__main__":
+    main()
