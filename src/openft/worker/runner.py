@@ -1,0 +1,342 @@
+"""The ``running`` phase: build the TrainingSpec, run the child, record what it reports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from openft.domain import hyperparameters as hp_rules
+from openft.domain.lifecycle import JobStatus
+from openft.training.spec import ERROR_TRAINING, ERROR_WORKER_LOST, TrainingSpec
+from openft.worker.lease import LeaseKeeper
+
+log = logging.getLogger(__name__)
+
+# After a cancel or pause the child stops at the next step boundary; a step that takes longer
+# than this is killed (a cancel must free the process; a pause falls back to the last checkpoint).
+STOP_GRACE_SECONDS = 120.0
+
+
+class ChildLauncher(Protocol):
+    def start(self, spec_path: Path, log_path: Path) -> subprocess.Popen: ...
+
+
+class SubprocessLauncher:
+    """Runs ``python -m openft.training.child SPEC`` with tcmalloc preloaded where available."""
+
+    def start(self, spec_path: Path, log_path: Path) -> subprocess.Popen:
+        from openft.training.child import child_command
+
+        argv, env = child_command(spec_path)
+        with open(log_path, "ab") as err:
+            return subprocess.Popen(
+                argv,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                # its own session: a Ctrl-C at the worker's terminal is the worker's to handle
+                start_new_session=True,
+            )
+
+
+class ModelSeam(Protocol):
+    def base_model_dir(self, base_model: str) -> Path: ...
+
+
+@dataclass
+class RunState:
+    """What the child reported, and what was asked of it."""
+
+    result: dict | None = None
+    error: dict | None = None
+    stopped: str | None = None  # "paused" | "cancelled" as reported by the child
+    requested: str | None = None  # "pause" | "cancel" | "drain" as asked by the API or the worker
+    step_times: list[float] = field(default_factory=list)
+
+
+def output_dir(settings, job_id: str) -> Path:
+    return settings.models_dir / "jobs" / job_id
+
+
+def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
+    settings = services.settings
+    hp = job.hyperparameters
+    init_adapter = None
+    base_dir = seam.base_model_dir(job.base_model)
+    if job.parent_model:
+        _, artifact = services.models.resolve_for_inference(job.organization_id, job.parent_model)
+        artifact = Path(artifact)
+        if (artifact / "adapter").exists():
+            init_adapter = str(artifact / "adapter")
+        elif (artifact / "model").exists():
+            base_dir = artifact / "model"
+    out = output_dir(settings, job.id)
+    validation_path = None
+    if job.validation_file:
+        validation_path = str(
+            services.files.local_path(services.files.get(job.organization_id, job.validation_file))
+        )
+    method = job.method_type
+    return TrainingSpec(
+        job_id=job.id,
+        method=method,
+        base_model_path=str(base_dir),
+        training_file=str(
+            services.files.local_path(services.files.get(job.organization_id, job.training_file))
+        ),
+        validation_file=validation_path,
+        output_dir=str(out),
+        seed=int(job.seed),
+        n_epochs=int(hp["n_epochs"]),
+        batch_size=int(hp["batch_size"]),
+        learning_rate=hp_rules.base_learning_rate(method, hp["fine_tuning_type"])
+        * float(hp["learning_rate_multiplier"]),
+        fine_tuning_type=hp["fine_tuning_type"],
+        lora_rank=int(hp["lora_rank"]),
+        lora_alpha=float(hp["lora_alpha"]),
+        lora_dropout=float(hp["lora_dropout"]),
+        lora_target_modules=hp["lora_target_modules"],
+        max_seq_length=int(hp["max_seq_length"]),
+        beta=float(hp["beta"]) if method == "dpo" else None,
+        init_adapter_path=init_adapter,
+        checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
+    )
+
+
+def result_csv(metrics_path: Path) -> bytes:
+    """OpenAI's result file: one row per step, 5 decimals, empty cells where not evaluated."""
+    rows: dict[int, dict] = {}
+    if metrics_path.exists():
+        for line in metrics_path.read_text().splitlines():
+            data = json.loads(line)
+            rows[int(data["step"])] = data  # a step repeated after a resume: the last run wins
+
+    def cell(value) -> str:
+        return "" if value is None else f"{float(value):.5f}"
+
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"])
+    for step in sorted(rows):
+        d = rows[step]
+        writer.writerow(
+            [
+                step,
+                cell(d.get("train_loss")),
+                cell(d.get("train_mean_token_accuracy")),
+                cell(d.get("valid_loss")),
+                cell(d.get("valid_mean_token_accuracy")),
+            ]
+        )
+    return out.getvalue().encode()
+
+
+class TrainingRun:
+    """One attempt at training one claimed job, from spec to a recorded outcome."""
+
+    def __init__(self, services, claim, *, launcher: ChildLauncher, seam: ModelSeam, drain: threading.Event):
+        self.services = services
+        self.settings = services.settings
+        self.runtime = services.runtime
+        self.claim = claim
+        self.job = claim.job
+        self.launcher = launcher
+        self.seam = seam
+        self.drain = drain
+        self.state = RunState()
+        self.proc: subprocess.Popen | None = None
+        self._signal_lock = threading.Lock()
+        self._stop_deadline: float | None = None
+
+    # -- signals to the child ------------------------------------------------------------
+    def _ask(self, what: str) -> None:
+        with self._signal_lock:
+            if self.state.requested is not None or self.proc is None or self.proc.poll() is not None:
+                return
+            self.state.requested = what
+            self._stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
+            sig = signal.SIGTERM if what == "cancel" else signal.SIGUSR1
+            log.info("job %s: asking the training child to %s", self.job.id, what)
+            self.proc.send_signal(sig)
+
+    def _on_status(self, status: JobStatus) -> None:
+        if status == JobStatus.CANCELLED:
+            self._ask("cancel")
+        elif status == JobStatus.PAUSED:
+            self._ask("pause")
+        elif status != JobStatus.RUNNING and self.proc is not None:
+            # lease lost or the job was moved away from us: stop at once, write nothing more
+            self._kill()
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+
+    def _watchdog(self) -> None:
+        while self.proc is not None and self.proc.poll() is None:
+            if self.drain.is_set():
+                self._ask("drain")
+            if self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
+                log.warning("job %s: child did not stop in %ss; killing it", self.job.id, STOP_GRACE_SECONDS)
+                self._kill()
+            time.sleep(0.2)
+
+    # -- the run -------------------------------------------------------------------------
+    def run(self) -> None:
+        job, gen = self.job, self.claim.generation
+        try:
+            spec = build_spec(self.services, job, self.seam)
+        except Exception as exc:
+            log.exception("job %s: could not prepare training", job.id)
+            self.runtime.fail(
+                job.id, gen, code="model_load_failed", message=f"Could not prepare training: {exc}"
+            )
+            return
+        out = Path(spec.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        spec_path = out / "spec.json"
+        spec_path.write_text(spec.to_json())
+        metrics_path = out / "metrics.jsonl"
+
+        keeper = LeaseKeeper(
+            self.runtime,
+            job.id,
+            gen,
+            lease_seconds=self.settings.lease_seconds,
+            heartbeat_seconds=self.settings.heartbeat_seconds,
+            poll_seconds=self.settings.poll_seconds,
+            on_status=self._on_status,
+        )
+        with keeper:
+            self.proc = self.launcher.start(spec_path, out / "child.log")
+            if keeper.status is not None:
+                self._on_status(keeper.status)
+            watchdog = threading.Thread(target=self._watchdog, daemon=True)
+            watchdog.start()
+            started = time.time()
+            assert self.proc.stdout is not None
+            for raw in self.proc.stdout:
+                if keeper.lost.is_set():
+                    self._kill()
+                    break
+                try:
+                    line = json.loads(raw)
+                except json.JSONDecodeError:
+                    log.warning("job %s: ignoring a non-JSON line from the child: %r", job.id, raw[:200])
+                    continue
+                self._record(line, metrics_path, started)
+            returncode = self.proc.wait()
+            watchdog.join()
+        if keeper.lost.is_set():
+            return
+        self._finish(returncode, spec, metrics_path)
+
+    def _record(self, line: dict, metrics_path: Path, started: float) -> None:
+        job, gen = self.job, self.claim.generation
+        kind = line.get("type")
+        if kind == "metrics":
+            step, total, data = int(line["step"]), int(line["total_steps"]), line["data"]
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(data) + "\n")
+            self.state.step_times.append(time.time())
+            self.runtime.record_metrics(
+                job.id,
+                gen,
+                step=step,
+                total_steps=total,
+                data=data,
+                estimated_finish=self._estimate(step, total, started),
+            )
+        elif kind == "checkpoint":
+            if line.get("epoch") is not None:
+                path = Path(line["path"])
+                self.runtime.record_checkpoint(
+                    job.id, gen, step=int(line["step"]), metrics=line.get("metrics") or {}, path=str(path)
+                )
+        elif kind == "message":
+            self.runtime.add_event(job.id, gen, line["message"], level=line.get("level", "info"))
+        elif kind == "started":
+            if line.get("resumed_from_step"):
+                self.runtime.add_event(
+                    job.id,
+                    gen,
+                    f"Resuming from the checkpoint at step {line['resumed_from_step']}",
+                    dedup_key=f"resume-{self.claim.attempts}",
+                )
+        elif kind == "result":
+            self.state.result = line
+        elif kind == "error":
+            self.state.error = line
+        elif kind in ("paused", "cancelled"):
+            self.state.stopped = kind
+
+    def _estimate(self, step: int, total: int, started: float) -> int | None:
+        times = self.state.step_times
+        if len(times) < 2:
+            return None
+        per_step = (times[-1] - started) / len(times)
+        return int(time.time() + per_step * max(total - step, 0))
+
+    def _finish(self, returncode: int, spec: TrainingSpec, metrics_path: Path) -> None:
+        job, gen, runtime = self.job, self.claim.generation, self.runtime
+        state = self.state
+        if state.result is not None:
+            stats = job.stats or {}
+            trained_tokens = int(stats.get("billable_tokens", 0)) * spec.n_epochs or int(
+                state.result.get("trained_tokens", 0)
+            )
+            runtime.succeed(
+                job.id,
+                gen,
+                artifact_path=state.result["output_path"],
+                trained_tokens=trained_tokens,
+                result_csv=result_csv(metrics_path),
+                final_step=int(state.result.get("steps", 0)),
+                final_metrics=state.result.get("final_metrics") or {},
+            )
+            return
+        if state.error is not None:
+            runtime.fail(
+                job.id,
+                gen,
+                code=state.error.get("code", ERROR_TRAINING),
+                message=state.error.get("message", "Training failed."),
+            )
+            return
+        if state.requested == "drain":
+            runtime.requeue(
+                job.id,
+                gen,
+                reason="The worker is shutting down; the job will resume from its latest checkpoint.",
+            )
+            return
+        if state.requested in ("cancel", "pause"):
+            # the API already moved the job to cancelled or paused; we only give the lease back
+            runtime.finish_stopped(job.id, gen)
+            return
+        how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+        if self.claim.attempts >= self.settings.max_attempts:
+            runtime.fail(
+                job.id,
+                gen,
+                code=ERROR_WORKER_LOST,
+                message=f"The training process died ({how}) on each of {self.claim.attempts} attempts; "
+                "giving up. See the worker's log for the cause.",
+            )
+        else:
+            runtime.requeue(
+                job.id,
+                gen,
+                reason=f"The training process died ({how}); the job will resume from its latest checkpoint "
+                f"(attempt {self.claim.attempts} of {self.settings.max_attempts}).",
+            )

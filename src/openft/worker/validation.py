@@ -1,0 +1,147 @@
+"""The ``validating_files`` phase: stream-check the files, count tokens, resolve ``auto``."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from openft.datasets import validate_file
+from openft.domain import hyperparameters as hp_rules
+from openft.errors import NotFoundError
+
+log = logging.getLogger(__name__)
+
+
+class TokenizerSeam(Protocol):
+    """What validation needs from the base model; the real one loads its tokenizer lazily."""
+
+    def base_model_dir(self, base_model: str) -> Path: ...
+
+    def facts(self, model_dir: Path) -> hp_rules.ModelFacts: ...
+
+    def counter(self, model_dir: Path, method: str): ...
+
+
+class TransformersTokenizerSeam:
+    """Materializes base models (GGUF → safetensors, once) and counts tokens with their tokenizer."""
+
+    def __init__(self, settings) -> None:
+        self.settings = settings
+
+    def base_model_dir(self, base_model: str) -> Path:
+        from openft.training.base_models import BaseModelRegistry, materialize
+
+        registry = BaseModelRegistry(self.settings)
+        return materialize(registry.source(registry.resolve(base_model)), self.settings.models_dir / "base")
+
+    def facts(self, model_dir: Path) -> hp_rules.ModelFacts:
+        from openft.training.base_models import model_facts
+
+        return model_facts(model_dir)
+
+    def counter(self, model_dir: Path, method: str):
+        from openft.training.data import make_token_counter
+
+        return make_token_counter(model_dir, method)
+
+
+@dataclass(frozen=True)
+class FileCheck:
+    path: Path | None
+    missing: str | None = None
+
+
+def _file_path(services, org_id: str, file_id: str) -> FileCheck:
+    try:
+        row = services.files.get(org_id, file_id)
+    except NotFoundError:
+        return FileCheck(None, f"File {file_id} no longer exists; it was deleted after the job was created.")
+    return FileCheck(services.files.local_path(row))
+
+
+def validate_job(services, claim, seam: TokenizerSeam) -> None:
+    """Validate a claimed job's files; move it to ``queued`` with resolved hyperparameters, or to
+    ``failed`` with OpenAI's error codes. All writes are fenced by the claim's lease generation."""
+    runtime = services.runtime
+    job = claim.job
+    method = job.method_type
+
+    try:
+        model_dir = seam.base_model_dir(job.base_model)
+        facts = seam.facts(model_dir)
+        counter = seam.counter(model_dir, method)
+    except Exception as exc:
+        log.exception("base model %s could not be prepared", job.base_model)
+        runtime.fail(
+            job.id,
+            claim.generation,
+            code="model_load_failed",
+            message=f"The base model {job.base_model} could not be loaded for tokenization: {exc}",
+            param="model",
+        )
+        return
+
+    max_seq = job.hyperparameters.get("max_seq_length", hp_rules.AUTO)
+    max_tokens = (
+        min(facts.context_length, hp_rules.DEFAULT_MAX_SEQ_LENGTH)
+        if max_seq == hp_rules.AUTO
+        else int(max_seq)
+    )
+
+    reports = {}
+    for which, file_id, param in (
+        ("training", job.training_file, "training_file"),
+        ("validation", job.validation_file, "validation_file"),
+    ):
+        if file_id is None:
+            continue
+        check = _file_path(services, job.organization_id, file_id)
+        if check.path is None:
+            code = "invalid_training_file" if which == "training" else "invalid_validation_file"
+            runtime.fail(job.id, claim.generation, code=code, message=check.missing, param=param)
+            return
+        with open(check.path, "rb") as stream:
+            report = validate_file(
+                stream,
+                method=method,
+                count_tokens=counter,
+                max_tokens=max_tokens,
+                min_examples=10 if which == "training" else 1,
+            )
+        if not report.ok:
+            runtime.fail(
+                job.id,
+                claim.generation,
+                code=report.error_code(param),
+                message=report.error_message(which, file_id),
+                param=param,
+            )
+            return
+        reports[which] = report
+
+    train = reports["training"]
+    resolved = hp_rules.resolve(method, job.hyperparameters, train.n_examples, facts)
+    steps = hp_rules.total_steps(train.n_examples, resolved["batch_size"], resolved["n_epochs"])
+    stats = {
+        "n_examples": train.n_examples,
+        "billable_tokens": train.billable_tokens,
+        "n_over_limit": train.n_over_limit,
+        "max_tokens": max_tokens,
+        "total_steps": steps,
+        "validation_examples": reports["validation"].n_examples if "validation" in reports else None,
+    }
+    events: list[tuple[str, str]] = []
+    for which, report in reports.items():
+        if report.n_over_limit:
+            events.append(
+                (
+                    "warn",
+                    f"{report.n_over_limit} example(s) in the {which} file are longer than {max_tokens} tokens; "
+                    "they will be truncated (tokens are removed from the end).",
+                )
+            )
+        for warning in report.warnings[:3]:
+            events.append(("warn", f"{which.capitalize()} file: {warning.describe()}"))
+    runtime.mark_validated(job.id, claim.generation, hyperparameters=resolved, stats=stats, events=events)
