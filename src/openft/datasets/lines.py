@@ -57,7 +57,10 @@ def read_lines(stream: BinaryIO, *, max_line_bytes: int) -> Iterator[Line]:
                 more = stream.readline(_SKIP_CHUNK)
                 offset += len(more)
                 total += len(more)
-                if not more or more.endswith(b"\n"):
+                if more.endswith(b"\n"):
+                    total -= 1  # the newline is not part of the example
+                    break
+                if not more:
                     break
             yield _problem_line(
                 number,

@@ -94,12 +94,14 @@ def check_message(
         if key in _KEYS[role]:
             continue
         if key == "weight":
-            error(f"'weight' is only allowed on assistant messages, not on a {role} message; remove it", key)
+            error(
+                f"'weight' is only allowed on assistant messages, not on {_a(role)} message; remove it", key
+            )
         elif key in _UNSUPPORTED_KEYS:
             error(_UNSUPPORTED_KEYS[key], key)
         else:
             allowed = ", ".join(sorted(_KEYS[role]))
-            error(f"unknown key {key!r} in a {role} message; allowed keys are {allowed}", key)
+            error(f"unknown key {key!r} in {_a(role)} message; allowed keys are {allowed}", key)
     out: dict[str, Any] = {"role": role}
 
     content = _check_content(raw, role, error)
@@ -160,6 +162,10 @@ def check_message(
     return out if len(found.errors) == before else None
 
 
+def _a(role: str) -> str:
+    return f"an {role}" if role == "assistant" else f"a {role}"
+
+
 def _check_content(raw: dict, role: str, error) -> str | None:
     if "content" not in raw:
         if role not in ("assistant", "function"):
@@ -189,7 +195,7 @@ def _check_content(raw: dict, role: str, error) -> str | None:
             error(_UNSUPPORTED_PARTS[kind], key)
         elif kind not in allowed:
             error(
-                f"content part {j + 1} has type {kind!r}; a {role} message accepts {', '.join(sorted(allowed))}",
+                f"content part {j + 1} has type {kind!r}; {_a(role)} message accepts {', '.join(sorted(allowed))}",
                 key,
             )
         elif not isinstance(part.get(kind), str):
