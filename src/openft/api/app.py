@@ -1,0 +1,30 @@
+"""create_app: builds the FastAPI application from Settings; no import-time globals."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, FastAPI
+
+from openft import __version__
+from openft.api import deps, errors, files, uploads
+from openft.services.context import Services
+from openft.settings import Settings
+
+# Every resource router, mounted under /v1 behind authentication. Add new resources here
+# (fine_tuning.router, models.router, chat.router).
+ROUTERS: list[APIRouter] = [
+    files.router,
+    uploads.router,
+]
+
+
+def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
+    """Build the app. ``services`` defaults to ``Services.build(settings)`` (migrates the database)."""
+    app = FastAPI(
+        title="openft", version=__version__, openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None
+    )
+    app.state.settings = settings
+    app.state.services = services if services is not None else Services.build(settings)
+    errors.install(app)
+    for router in ROUTERS:
+        app.include_router(router, prefix="/v1", dependencies=[Depends(deps.authenticate)])
+    return app

@@ -1,0 +1,1 @@
+"""Use cases: each service owns its transactions, applies the rules and raises OpenFTError."""

@@ -1,0 +1,69 @@
+"""The Services container: settings, database, blobs and one service object per noun."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar, overload
+
+from openft.services.auth import AuthService
+from openft.services.files import FileService
+from openft.services.organizations import OrganizationService
+from openft.services.uploads import UploadService
+from openft.settings import Settings
+from openft.store.blobs import BlobStore
+from openft.store.db import Database
+
+T = TypeVar("T")
+
+
+class service(Generic[T]):  # noqa: N801 - reads as a declaration: ``files = service(FileService)``
+    """Builds ``factory(services)`` on first access and caches it on the instance.
+
+    Non-data descriptor: a test may replace a service with ``services.runtime = fake``.
+    """
+
+    def __init__(self, factory: type[T]) -> None:
+        self.factory = factory
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type) -> service[T]: ...
+    @overload
+    def __get__(self, obj: Any, owner: type) -> T: ...
+    def __get__(self, obj: Any, owner: type) -> T | service[T]:
+        if obj is None:
+            return self
+        value = self.factory(obj)
+        obj.__dict__[self.name] = value
+        return value
+
+
+@dataclass
+class Services:
+    """Everything a route, the worker or the CLI needs; built once per process (or per test)."""
+
+    settings: Settings
+    db: Database
+    blobs: BlobStore
+
+    # One line per service. Each factory takes this Services object.
+    organizations = service(OrganizationService)
+    auth = service(AuthService)
+    files = service(FileService)
+    uploads = service(UploadService)
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        """Open the database (migrated), the blob store (temporaries cleaned) and the default organization."""
+        db = Database(settings.database_url)
+        db.migrate()
+        blobs = BlobStore(settings.files_dir)
+        blobs.clean_temp()
+        services = cls(settings=settings, db=db, blobs=blobs)
+        services.organizations.ensure_default()
+        return services
+
+    def close(self) -> None:
+        self.db.dispose()

@@ -1,0 +1,24 @@
+"""Queries on organizations and their API keys."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from openft.store.tables import ApiKeyRow, OrganizationRow
+
+
+def get_by_name(session: Session, name: str) -> OrganizationRow | None:
+    return session.scalar(select(OrganizationRow).where(OrganizationRow.name == name))
+
+
+def get(session: Session, organization_id: str) -> OrganizationRow | None:
+    return session.scalar(select(OrganizationRow).where(OrganizationRow.id == organization_id))
+
+
+def organization_for_key_hash(session: Session, key_hash: str) -> str | None:
+    return session.scalar(select(ApiKeyRow.organization_id).where(ApiKeyRow.key_hash == key_hash))
+
+
+def any_key(session: Session) -> bool:
+    return session.scalar(select(ApiKeyRow.pk).limit(1)) is not None
