@@ -194,3 +194,15 @@ def test_validate_unknown_top_level_key_is_warned_once(write_jsonl):
     [warning] = report.warnings
     assert (warning.kind, warning.field, report.n_warnings) == ("unknown_key", "id", 10)
     assert json.dumps("id") not in warning.message and "'id'" in warning.message
+
+
+def test_validate_dpo_identical_outputs_is_a_warning_not_an_error(write_jsonl):
+    same = preference(0)
+    same["non_preferred_output"] = same["preferred_output"]
+    path = write_jsonl([same] + [preference(i) for i in range(1, 10)])
+
+    report = validate_file(path, method="dpo")
+
+    assert report.ok
+    [warning] = report.warnings
+    assert (warning.line, warning.field) == (1, "preferred_output") and "identical" in warning.message
