@@ -36,6 +36,15 @@ RESPONSE_SCHEMAS: dict[tuple[str, str], str | None] = {
     ("POST", r"/uploads/[^/]+/parts"): "UploadPart",
     ("POST", r"/uploads/[^/]+/complete"): "Upload",
     ("POST", r"/uploads/[^/]+/cancel"): "Upload",
+    ("POST", r"/fine_tuning/jobs"): "FineTuningJob",
+    ("GET", r"/fine_tuning/jobs"): "ListPaginatedFineTuningJobsResponse",
+    ("GET", r"/fine_tuning/jobs/[^/]+"): "FineTuningJob",
+    ("POST", r"/fine_tuning/jobs/[^/]+/(cancel|pause|resume)"): "FineTuningJob",
+    ("GET", r"/fine_tuning/jobs/[^/]+/events"): "ListFineTuningJobEventsResponse",
+    ("GET", r"/fine_tuning/jobs/[^/]+/checkpoints"): "ListFineTuningJobCheckpointsResponse",
+    ("GET", r"/models"): "ListModelsResponse",
+    ("GET", r"/models/.+"): "Model",
+    ("DELETE", r"/models/.+"): "DeleteModelResponse",
 }
 
 # Fields the real API sends as null although the 3.1 subset types them as non-nullable (it was
@@ -43,6 +52,7 @@ RESPONSE_SCHEMAS: dict[tuple[str, str], str | None] = {
 NULLABLE_IN_PRACTICE: dict[str, tuple[str, ...]] = {
     "OpenAIFile": ("expires_at", "status_details"),
     "ListFilesResponse": ("first_id", "last_id"),
+    "FineTuningJobEvent": ("data",),  # "Fine-tuning job started" carries data null
 }
 
 
@@ -71,6 +81,12 @@ def _load_spec() -> dict:
                 lift_nullable(value)
 
     lift_nullable(schemas)
+    # What the real API sends beyond the subset: a job's error object with null members when it
+    # has not failed, and the "paused" status that /pause returns (the spec's own example shows it).
+    job = schemas["FineTuningJob"]["properties"]
+    for member in ("code", "message"):
+        job["error"]["anyOf"][0]["properties"][member] = {"type": ["string", "null"]}
+    job["status"]["enum"] = [*job["status"]["enum"], "paused"]
     return spec
 
 

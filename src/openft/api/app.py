@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
-from openft.api import deps, errors, files, uploads
+from openft.api import deps, errors, files, fine_tuning, models, uploads
 from openft.services.context import Services
 from openft.settings import Settings
 
@@ -14,6 +14,8 @@ from openft.settings import Settings
 ROUTERS: list[APIRouter] = [
     files.router,
     uploads.router,
+    fine_tuning.router,
+    models.router,
 ]
 
 

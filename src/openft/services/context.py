@@ -7,6 +7,9 @@ from typing import Any, Generic, TypeVar, overload
 
 from openft.services.auth import AuthService
 from openft.services.files import FileService
+from openft.services.fine_tuning import FineTuningService
+from openft.services.job_runtime import JobRuntime
+from openft.services.models import ModelService
 from openft.services.organizations import OrganizationService
 from openft.services.uploads import UploadService
 from openft.settings import Settings
@@ -53,6 +56,9 @@ class Services:
     auth = service(AuthService)
     files = service(FileService)
     uploads = service(UploadService)
+    models = service(ModelService)
+    fine_tuning = service(FineTuningService)
+    runtime = service(JobRuntime)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

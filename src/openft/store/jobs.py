@@ -1,0 +1,179 @@
+"""Queries and compare-and-set writes on fine-tuning jobs, their events, checkpoints and models."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session
+
+from openft import ids
+from openft.domain.lifecycle import JobStatus, transition
+from openft.store.tables import JobCheckpointRow, JobEventRow, JobRow, ModelRow, OrganizationRow
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def get_job(session: Session, job_id: str, organization_id: str | None = None) -> JobRow | None:
+    query = select(JobRow).where(JobRow.id == job_id)
+    if organization_id is not None:
+        query = query.where(JobRow.organization_id == organization_id)
+    return session.scalar(query)
+
+
+def org_slug(session: Session, organization_id: str) -> str:
+    """The organization's name as it appears in ``ft:`` model names and ``owned_by``."""
+    name = session.scalar(select(OrganizationRow.name).where(OrganizationRow.id == organization_id))
+    return name if name is not None else ids.slug(organization_id)
+
+
+def _page(session: Session, query, table, after_pk: int | None, limit: int) -> tuple[list[Any], bool]:
+    """One newest-first page of ``query`` after the row with ``after_pk``; returns (rows, has_more)."""
+    if after_pk is not None:
+        query = query.where(table.pk < after_pk)
+    rows = list(session.scalars(query.order_by(table.pk.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def job_pk(session: Session, organization_id: str, job_id: str) -> int | None:
+    return session.scalar(
+        select(JobRow.pk).where(JobRow.organization_id == organization_id, JobRow.id == job_id)
+    )
+
+
+def list_jobs(
+    session: Session, organization_id: str, *, after_pk: int | None, limit: int, metadata: dict[str, str]
+) -> tuple[list[JobRow], bool]:
+    query = select(JobRow).where(JobRow.organization_id == organization_id)
+    for key, value in metadata.items():
+        query = query.where(JobRow.job_metadata[key].as_string() == value)
+    return _page(session, query, JobRow, after_pk, limit)
+
+
+def event_pk(session: Session, job_id: str, event_id: str) -> int | None:
+    return session.scalar(
+        select(JobEventRow.pk).where(JobEventRow.job_id == job_id, JobEventRow.id == event_id)
+    )
+
+
+def list_events(
+    session: Session, job_id: str, *, after_pk: int | None, limit: int
+) -> tuple[list[JobEventRow], bool]:
+    return _page(
+        session, select(JobEventRow).where(JobEventRow.job_id == job_id), JobEventRow, after_pk, limit
+    )
+
+
+def checkpoint_pk(session: Session, job_id: str, checkpoint_id: str) -> int | None:
+    return session.scalar(
+        select(JobCheckpointRow.pk).where(
+            JobCheckpointRow.job_id == job_id, JobCheckpointRow.id == checkpoint_id
+        )
+    )
+
+
+def list_checkpoints(
+    session: Session, job_id: str, *, after_pk: int | None, limit: int
+) -> tuple[list[JobCheckpointRow], bool]:
+    query = select(JobCheckpointRow).where(JobCheckpointRow.job_id == job_id)
+    return _page(session, query, JobCheckpointRow, after_pk, limit)
+
+
+def add_event(
+    session: Session,
+    job_id: str,
+    message: str,
+    *,
+    level: str = "info",
+    type: str = "message",
+    data: dict[str, Any] | None = None,
+    dedup_key: str | None = None,
+) -> bool:
+    """Insert an event; with ``dedup_key``, only if that key is new for the job. Returns whether it
+    was inserted. Callers hold the job's row lock (a fenced UPDATE, or SQLite's write lock), so
+    check-then-insert cannot race with another writer of the same job."""
+    if dedup_key is not None:
+        exists = session.scalar(
+            select(JobEventRow.pk).where(JobEventRow.job_id == job_id, JobEventRow.dedup_key == dedup_key)
+        )
+        if exists is not None:
+            return False
+    session.add(
+        JobEventRow(
+            id=ids.event_id(),
+            job_id=job_id,
+            created_at=now(),
+            level=level,
+            message=message,
+            type=type,
+            data=data,
+            dedup_key=dedup_key,
+        )
+    )
+    # Flush now so that events of one transaction get increasing pks in the order they were added.
+    session.flush()
+    return True
+
+
+def compare_and_set(
+    session: Session,
+    job_id: str,
+    expected: JobStatus,
+    target: JobStatus,
+    *,
+    generation: int | None = None,
+    **values: Any,
+) -> bool:
+    """Move a job from ``expected`` to ``target`` (if the lifecycle allows it) only if it is still
+    in ``expected`` and, for a worker, still leased under ``generation``. Returns whether it moved."""
+    transition(expected, target)
+    query = update(JobRow).where(JobRow.id == job_id, JobRow.status == expected.value)
+    if generation is not None:
+        query = query.where(JobRow.lease_generation == generation)
+    result = session.execute(query.values(status=target.value, **values))
+    return result.rowcount == 1
+
+
+def fenced_update(session: Session, job_id: str, generation: int, **values: Any) -> bool:
+    """Write ``values`` only while the lease generation is still ``generation``.
+
+    With no values it still writes (``lease_generation`` onto itself) so that PostgreSQL takes the
+    row lock: whatever the caller adds after it cannot interleave with a claim that moves the
+    generation.
+    """
+    if not values:
+        values = {"lease_generation": JobRow.lease_generation}
+    result = session.execute(
+        update(JobRow).where(JobRow.id == job_id, JobRow.lease_generation == generation).values(**values)
+    )
+    return result.rowcount == 1
+
+
+def get_model(session: Session, name: str) -> ModelRow | None:
+    return session.scalar(select(ModelRow).where(ModelRow.id == name))
+
+
+def list_models(session: Session, organization_id: str) -> list[ModelRow]:
+    query = select(ModelRow).where(ModelRow.organization_id == organization_id)
+    return list(session.scalars(query.order_by(ModelRow.pk)))
+
+
+def checkpoints_by_step(session: Session, job_id: str) -> list[JobCheckpointRow]:
+    """A job's checkpoints, highest step first."""
+    query = select(JobCheckpointRow).where(JobCheckpointRow.job_id == job_id)
+    return list(
+        session.scalars(query.order_by(JobCheckpointRow.step_number.desc(), JobCheckpointRow.pk.desc()))
+    )
+
+
+def delete_checkpoint(session: Session, checkpoint: JobCheckpointRow) -> None:
+    """Delete a checkpoint row and the servable checkpoint model of the same name."""
+    session.execute(
+        delete(ModelRow).where(
+            ModelRow.id == checkpoint.fine_tuned_model_checkpoint, ModelRow.kind == "checkpoint"
+        )
+    )
+    session.execute(delete(JobCheckpointRow).where(JobCheckpointRow.pk == checkpoint.pk))
