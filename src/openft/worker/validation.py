@@ -31,10 +31,9 @@ class TransformersTokenizerSeam:
         self.settings = settings
 
     def base_model_dir(self, base_model: str) -> Path:
-        from openft.training.base_models import BaseModelRegistry, materialize
+        from openft.training.base_models import BaseModelRegistry
 
-        registry = BaseModelRegistry(self.settings)
-        return materialize(registry.source(registry.resolve(base_model)), self.settings.models_dir / "base")
+        return BaseModelRegistry.from_settings(self.settings).materialize(base_model)
 
     def facts(self, model_dir: Path) -> hp_rules.ModelFacts:
         from openft.training.base_models import model_facts
@@ -42,9 +41,11 @@ class TransformersTokenizerSeam:
         return model_facts(model_dir)
 
     def counter(self, model_dir: Path, method: str):
-        from openft.training.data import make_token_counter
+        from openft.training.data import Tokenizing, tokenize_example
+        from openft.training.models import load_tokenizer
 
-        return make_token_counter(model_dir, method)
+        tok = Tokenizing(load_tokenizer(str(model_dir)))
+        return lambda example: sum(len(s) for s in tokenize_example(tok, example, method))
 
 
 @dataclass(frozen=True)
