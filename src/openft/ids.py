@@ -37,6 +37,10 @@ def checkpoint_id() -> str:
     return "ftckpt_" + _random(24)
 
 
+def chat_completion_id() -> str:
+    return "chatcmpl-" + _random(29)
+
+
 def organization_id() -> str:
     return "org-" + _random(24)
 
