@@ -114,7 +114,7 @@ class FileService:
         try:
             purpose = check_purpose(purpose)
             expires_at = expiry(expires_after_anchor, expires_after_seconds, created_at)
-            if purpose == "fine-tune" and not self._looks_like_jsonl(staged.key):
+            if purpose == "fine-tune" and not self.looks_like_jsonl(staged.key):
                 raise InvalidRequestError(NOT_JSONL, param="file")
             return self.record(
                 organization_id, staged, filename=filename, purpose=purpose, expires_at=expires_at
@@ -162,7 +162,7 @@ class FileService:
             self.discard(staged)
             raise
 
-    def _looks_like_jsonl(self, key: str) -> bool:
+    def looks_like_jsonl(self, key: str) -> bool:
         """Content, not extension, decides: the first non-blank line must be a JSON object."""
         buffer = b""
         for chunk in self.blobs.read_chunks(key):

@@ -2,12 +2,242 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from openft import ids
+from openft.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
+from openft.services.files import NOT_JSONL, StagedBlob, check_purpose, expiry
+from openft.store import files as file_store
+from openft.store import uploads as store
+from openft.store.blobs import BlobTooLarge
+from openft.store.tables import FileRow, UploadPartRow, UploadRow
 
 if TYPE_CHECKING:
     from openft.services.context import Services
 
+UPLOAD_LIFETIME_SECONDS = 3600
+
+
+@dataclass(frozen=True)
+class UploadView:
+    """An upload as the caller sees it: the row, its effective status, and its file once completed."""
+
+    row: UploadRow
+    status: str
+    file: FileRow | None = None
+
+
+def _status(row: UploadRow, now: int) -> str:
+    if row.status == "pending" and now >= row.expires_at:
+        return "expired"
+    return row.status
+
 
 class UploadService:
     def __init__(self, services: Services) -> None:
-        self.services = services
+        self.db = services.db
+        self.blobs = services.blobs
+        self.settings = services.settings
+        self.files = services.files
+
+    def create(
+        self,
+        organization_id: str,
+        *,
+        filename: str,
+        purpose: str,
+        bytes: int,
+        mime_type: str,
+        expires_after_anchor: str | None = None,
+        expires_after_seconds: int | None = None,
+    ) -> UploadView:
+        check_purpose(purpose)
+        limit = self.settings.max_upload_bytes
+        if not 0 < bytes <= limit:
+            raise InvalidRequestError(
+                f"Invalid value for 'bytes': {bytes}. An upload must declare between 1 and {limit} bytes.",
+                param="bytes",
+            )
+        if not filename:
+            raise InvalidRequestError("Missing required parameter: 'filename'.", param="filename")
+        now = int(time.time())
+        # Validated now so the caller learns at once; the expiry applies to the completed file.
+        expiry(expires_after_anchor, expires_after_seconds, now)
+        row = UploadRow(
+            id=ids.upload_id(),
+            organization_id=organization_id,
+            filename=filename,
+            purpose=purpose,
+            bytes=bytes,
+            mime_type=mime_type,
+            created_at=now,
+            expires_at=now + UPLOAD_LIFETIME_SECONDS,
+            status="pending",
+            file_id=None,
+        )
+        with self.db.transaction() as session:
+            session.add(row)
+        return UploadView(row, "pending")
+
+    def get(self, organization_id: str, upload_id: str) -> UploadView:
+        with self.db.transaction() as session:
+            row = store.get(session, organization_id, upload_id)
+            if row is None:
+                raise NotFoundError(f"No such Upload object: {upload_id}", param="upload_id")
+            file = file_store.get(session, organization_id, row.file_id, now=0) if row.file_id else None
+        return UploadView(row, _status(row, int(time.time())), file)
+
+    def check_open(self, organization_id: str, upload_id: str) -> UploadRow:
+        """The upload, if it still accepts parts and completion; else a 400 saying why."""
+        view = self.get(organization_id, upload_id)
+        if view.status != "pending":
+            hint = {
+                "expired": "Uploads expire one hour after creation; create a new one.",
+                "cancelled": "Create a new upload.",
+                "completed": f"Its file is {view.row.file_id}.",
+            }[view.status]
+            raise InvalidRequestError(
+                f"Upload {upload_id} is {view.status} and accepts no more changes. {hint}", param="upload_id"
+            )
+        return view.row
+
+    # -- parts -----------------------------------------------------------------------------------
+
+    async def stage_part(self, chunks: AsyncIterator[bytes]) -> StagedBlob:
+        key = ids.part_id()
+        limit = self.settings.max_part_bytes
+        try:
+            size, sha256 = await self.blobs.write_async(key, chunks, limit=limit)
+        except BlobTooLarge:
+            raise PayloadTooLargeError(
+                f"Upload part is too large: each part may hold at most {limit} bytes. Split the file into "
+                "smaller parts.",
+                param="data",
+            ) from None
+        return StagedBlob(key=key, bytes=size, sha256=sha256)
+
+    def discard(self, staged: StagedBlob) -> None:
+        self.blobs.delete(staged.key)
+
+    def add_part(self, organization_id: str, upload_id: str, staged: StagedBlob) -> UploadPartRow:
+        try:
+            self.check_open(organization_id, upload_id)
+            part = UploadPartRow(
+                id=staged.key,
+                upload_id=upload_id,
+                created_at=int(time.time()),
+                bytes=staged.bytes,
+                blob_key=staged.key,
+            )
+            with self.db.transaction() as session:
+                session.add(part)
+            return part
+        except BaseException:
+            self.discard(staged)
+            raise
+
+    # -- complete and cancel ---------------------------------------------------------------------
+
+    def complete(
+        self, organization_id: str, upload_id: str, part_ids: list[str], md5: str | None = None
+    ) -> UploadView:
+        upload = self.check_open(organization_id, upload_id)
+        with self.db.transaction() as session:
+            by_id = {part.id: part for part in store.parts(session, upload_id)}
+        ordered = self._ordered_parts(upload, by_id, part_ids)
+
+        digest = hashlib.md5(usedforsecurity=False)
+
+        def concatenated() -> Iterator[bytes]:
+            for part in ordered:
+                for chunk in self.blobs.read_chunks(part.blob_key):
+                    digest.update(chunk)
+                    yield chunk
+
+        # The file blob appears atomically (temp + rename) and its row is inserted in the same
+        # transaction that completes the upload, so a crash in between leaves no half-file visible.
+        key = ids.file_id()
+        size, sha256 = self.blobs.write(key, concatenated())
+        staged = StagedBlob(key=key, bytes=size, sha256=sha256)
+        try:
+            if md5 is not None and md5.lower() != digest.hexdigest():
+                raise InvalidRequestError(
+                    f"The md5 checksum you sent ({md5}) does not match the assembled file's "
+                    f"({digest.hexdigest()}). Check the part order and contents, then complete again.",
+                    param="md5",
+                )
+            if upload.purpose == "fine-tune" and not self.files.looks_like_jsonl(key):
+                raise InvalidRequestError(NOT_JSONL, param="part_ids")
+            now = int(time.time())
+            file = FileRow(
+                id=key,
+                organization_id=organization_id,
+                filename=upload.filename,
+                purpose=upload.purpose,
+                bytes=size,
+                created_at=now,
+                expires_at=None,
+                status="processed",
+                status_details=None,
+                blob_key=key,
+                sha256=sha256,
+            )
+            with self.db.transaction() as session:
+                if not store.set_status(
+                    session, upload_id, expected="pending", status="completed", file_id=key
+                ):
+                    raise InvalidRequestError(
+                        f"Upload {upload_id} changed while it was being completed (cancelled?).",
+                        param="upload_id",
+                    )
+                session.add(file)
+                store.delete_parts(session, upload_id)
+        except BaseException:
+            self.discard(staged)
+            raise
+        for part in by_id.values():
+            self.blobs.delete(part.blob_key)
+        upload.status, upload.file_id = "completed", key
+        return UploadView(upload, "completed", file)
+
+    def _ordered_parts(
+        self, upload: UploadRow, by_id: dict[str, UploadPartRow], part_ids: list[str]
+    ) -> list[UploadPartRow]:
+        if not part_ids:
+            raise InvalidRequestError("part_ids must list at least one part, in order.", param="part_ids")
+        if len(set(part_ids)) != len(part_ids):
+            raise InvalidRequestError("part_ids lists a part more than once.", param="part_ids")
+        unknown = [pid for pid in part_ids if pid not in by_id]
+        if unknown:
+            raise InvalidRequestError(
+                f"Part {unknown[0]} does not belong to upload {upload.id}. Pass only ids returned by "
+                f"POST /v1/uploads/{upload.id}/parts.",
+                param="part_ids",
+            )
+        ordered = [by_id[pid] for pid in part_ids]
+        total = sum(part.bytes for part in ordered)
+        if total != upload.bytes:
+            raise InvalidRequestError(
+                f"The parts hold {total} bytes but the upload was created with bytes={upload.bytes}. Add the "
+                "missing parts, or create a new upload with the right size.",
+                param="part_ids",
+            )
+        return ordered
+
+    def cancel(self, organization_id: str, upload_id: str) -> UploadView:
+        upload = self.check_open(organization_id, upload_id)
+        with self.db.transaction() as session:
+            if not store.set_status(session, upload_id, expected="pending", status="cancelled"):
+                raise InvalidRequestError(
+                    f"Upload {upload_id} was completed or cancelled meanwhile.", param="upload_id"
+                )
+            removed = store.parts(session, upload_id)
+            store.delete_parts(session, upload_id)
+        for part in removed:
+            self.blobs.delete(part.blob_key)
+        upload.status = "cancelled"
+        return UploadView(upload, "cancelled")
