@@ -377,7 +377,7 @@ def files_download(client: openai.OpenAI, file_id: str, output: Path | None) -> 
     """Download a file's content to --output, or to stdout."""
     content = client.files.content(file_id).read()
     if output is None:
-        click.get_binary_stream("stdout").write(content)
+        sys.stdout.buffer.write(content)
     else:
         output.write_bytes(content)
         click.echo(f"Wrote {len(content):,} bytes to {output}.", err=True)
