@@ -81,6 +81,21 @@ def _load_spec() -> dict:
                 lift_nullable(value)
 
     lift_nullable(schemas)
+
+    def exclusive_bounds(node):
+        # 3.0's boolean `exclusiveMinimum: true` beside `minimum` is a number in 3.1; left as is, a
+        # 3.1 validator reads `true` as 1 and refuses every beta or learning_rate_multiplier <= 1.
+        if isinstance(node, dict):
+            for flag, bound in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+                if node.get(flag) is True and bound in node:
+                    node[flag] = node.pop(bound)
+            for value in node.values():
+                exclusive_bounds(value)
+        elif isinstance(node, list):
+            for value in node:
+                exclusive_bounds(value)
+
+    exclusive_bounds(schemas)
     # What the real API sends beyond the subset: a job's error object with null members when it
     # has not failed, and the "paused" status that /pause returns (the spec's own example shows it).
     job = schemas["FineTuningJob"]["properties"]
