@@ -197,9 +197,15 @@ class _SpecChecker:
 
 
 @pytest.fixture
-def make_client(app, openapi) -> Iterator[Callable[..., openai.OpenAI]]:
+def spec_checker(openapi) -> _SpecChecker:
+    """Collects spec violations of every response; make_client fails the test if any were found."""
+    return _SpecChecker(openapi)
+
+
+@pytest.fixture
+def make_client(app, spec_checker) -> Iterator[Callable[..., openai.OpenAI]]:
     """``make_client(api_key="...")``: an SDK client on the in-process app, responses spec-checked."""
-    checker = _SpecChecker(openapi)
+    checker = spec_checker
     http_clients: list[TestClient] = []
 
     def make(api_key: str = "test") -> openai.OpenAI:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import httpx2
 import openai
 import pytest
 
@@ -65,3 +66,46 @@ def test_unexpected_exception_answers_500_server_error_with_request_id(app, serv
 def test_sdk_exposes_the_request_id_of_a_success(client):
     page = client.files.with_raw_response.list()
     assert page.headers["x-request-id"].startswith("req_")
+
+
+def test_nested_validation_error_param_is_the_dotted_path(http):
+    body = {
+        "filename": "a.jsonl",
+        "purpose": "fine-tune",
+        "bytes": 3,
+        "mime_type": "text/jsonl",
+        "expires_after": {"anchor": "created_at", "seconds": "soon"},
+    }
+    response = http.post("/v1/uploads", json=body)
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["param"] == "expires_after.seconds"
+    assert "soon" in error["message"]
+
+
+def test_spec_checker_flags_bad_bodies_and_unregistered_endpoints(spec_checker):
+    good = {
+        "id": "file-x",
+        "object": "file",
+        "bytes": 1,
+        "created_at": 1,
+        "filename": "a",
+        "purpose": "fine-tune",
+        "status": "processed",
+        "expires_at": None,
+        "status_details": None,
+    }
+    headers = {"x-request-id": "req_1"}
+
+    def respond(method: str, path: str, body: dict, status: int = 200) -> None:
+        request = httpx2.Request(method, f"http://testserver{path}")
+        spec_checker(httpx2.Response(status, json=body, headers=headers, request=request))
+
+    respond("GET", "/v1/files/file-x", good)
+    assert spec_checker.problems == []
+    respond("GET", "/v1/files/file-x", {k: v for k, v in good.items() if k != "status"})
+    respond("GET", "/v1/files/file-x", {"error": "flat"}, status=404)
+    respond("GET", "/v1/not-registered", good)
+    assert len(spec_checker.problems) == 3
+    assert "status" in spec_checker.problems[0] and "RESPONSE_SCHEMAS" in spec_checker.problems[2]
+    spec_checker.problems.clear()  # this test made them on purpose
