@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from openft import ids
 from openft.domain import hyperparameters as hp_rules
-from openft.domain.lifecycle import TERMINAL, TRANSITIONS, JobStatus, can_transition
+from openft.domain.lifecycle import TERMINAL, JobStatus, can_transition
 from openft.errors import InvalidRequestError, NotFoundError
 from openft.store import jobs as store
 from openft.store.tables import JobCheckpointRow, JobEventRow, JobRow
@@ -215,15 +215,16 @@ class FineTuningService:
     # -- status changes --------------------------------------------------------------------
 
     def cancel(self, organization_id: str, job_id: str) -> JobRow:
-        return self._move(organization_id, job_id, JobStatus.CANCELLED, "cancelled")
+        return self._move(organization_id, job_id, "cancel", JobStatus.CANCELLED)
 
     def pause(self, organization_id: str, job_id: str) -> JobRow:
-        return self._move(organization_id, job_id, JobStatus.PAUSED, "paused")
+        return self._move(organization_id, job_id, "pause", JobStatus.PAUSED)
 
     def resume(self, organization_id: str, job_id: str) -> JobRow:
-        return self._move(organization_id, job_id, JobStatus.QUEUED, "resumed")
+        return self._move(organization_id, job_id, "resume", JobStatus.QUEUED)
 
-    def _move(self, organization_id: str, job_id: str, target: JobStatus, verb: str) -> JobRow:
+    def _move(self, organization_id: str, job_id: str, action: str, target: JobStatus) -> JobRow:
+        sources = ACTION_SOURCES[action]
         # Compare-and-set: a worker may move the job between our read and our write (on
         # PostgreSQL); then re-read and answer from the state the job is really in.
         while True:
@@ -232,8 +233,13 @@ class FineTuningService:
                 if row is None:
                     raise job_not_found(job_id)
                 current = JobStatus(row.status)
-                if not can_transition(current, target):
-                    raise InvalidRequestError(_refusal(job_id, current, target, verb), param="id")
+                if current not in sources:
+                    raise InvalidRequestError(
+                        f"Cannot {action} fine-tuning job {job_id}: its status is '{current.value}'. Only jobs "
+                        f"that are {', '.join(s.value for s in JobStatus if s in sources)} can be "
+                        f"{PAST[action]}.",
+                        param="id",
+                    )
                 values: dict[str, Any] = {}
                 if target in TERMINAL:
                     values.update(finished_at=store.now(), estimated_finish=None)
@@ -242,6 +248,18 @@ class FineTuningService:
                 store.add_event(session, job_id, _move_message(current, target), data={})
                 session.refresh(row)
                 return row
+
+
+# Which statuses each API action accepts; each pair is also checked against the lifecycle table.
+# Resume is narrower than the table's moves into queued (validation success, a worker's requeue).
+ACTION_SOURCES: dict[str, frozenset[JobStatus]] = {
+    "cancel": frozenset(s for s in JobStatus if can_transition(s, JobStatus.CANCELLED)),
+    "pause": frozenset({JobStatus.QUEUED, JobStatus.RUNNING}),
+    "resume": frozenset({JobStatus.PAUSED}),
+}
+
+
+PAST = {"cancel": "cancelled", "pause": "paused", "resume": "resumed"}
 
 
 def _move_message(current: JobStatus, target: JobStatus) -> str:
@@ -254,15 +272,6 @@ def _move_message(current: JobStatus, target: JobStatus) -> str:
             )
         return "Fine-tuning job paused"
     return "Fine-tuning job resumed; it is queued and continues from its last checkpoint"
-
-
-def _refusal(job_id: str, current: JobStatus, target: JobStatus, verb: str) -> str:
-    action = {"cancelled": "cancel", "paused": "pause", "resumed": "resume"}[verb]
-    allowed = [source.value for source, moves in TRANSITIONS.items() if target in moves]
-    return (
-        f"Cannot {action} fine-tuning job {job_id}: its status is '{current.value}'. Only jobs that are "
-        f"{', '.join(allowed)} can be {verb}."
-    )
 
 
 # -- request checks (pure; each raises InvalidRequestError naming the field) --------------------
