@@ -21,7 +21,9 @@ def test_without_keys_every_request_is_the_default_organization(client, services
 
 
 def test_create_key_stores_only_its_sha256(services):
+    assert services.organizations.has_keys() is False
     key = services.organizations.create_key("Acme Corp")
+    assert services.organizations.has_keys() is True
     assert key.startswith("sk-")
     with services.db.transaction() as session:
         rows = session.scalars(select(ApiKeyRow)).all()

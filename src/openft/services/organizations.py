@@ -51,6 +51,11 @@ class OrganizationService:
         with self.db.transaction() as session:
             return store.get(session, organization_id)
 
+    def has_keys(self) -> bool:
+        """Whether any API key exists; without one every caller is the default organization."""
+        with self.db.transaction() as session:
+            return store.any_key(session)
+
     def create_key(self, org_name: str, *, key_name: str | None = None) -> str:
         """Mint an API key for ``org_name`` (created if needed). Only its sha256 is stored: show it once."""
         org = self.ensure(org_name)
