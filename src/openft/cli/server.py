@@ -35,7 +35,7 @@ def _run_api(settings: Settings) -> None:
 
     app = create_app(settings)
     services = app.state.services
-    has_keys = services.auth.has_keys()
+    has_keys = services.organizations.has_keys()
     if not has_keys:
         if settings.host not in LOOPBACK_HOSTS and not settings.allow_remote_without_keys:
             raise click.UsageError(
@@ -99,10 +99,10 @@ def worker(burst: bool, max_jobs: int | None) -> None:
     requeued, so another worker resumes it.
     """
     _logging()
-    from openft.services.context import build_services
+    from openft.services.context import Services
     from openft.worker.loop import Worker
 
-    services = build_services(_settings())
+    services = Services.build(_settings())
     w = Worker(services)
     w.install_signal_handlers()
     click.echo(f"openft worker {w.worker_id}: waiting for jobs", err=True)
@@ -119,10 +119,10 @@ def keys() -> None:
 @click.option("--organization", "-o", default=None, help="Organization name (created if new).")
 def keys_create(organization: str | None) -> None:
     """Create an API key and print it once. With any key present, every request needs one."""
-    from openft.services.context import build_services
+    from openft.services.context import Services
 
     settings = _settings()
-    services = build_services(settings)
+    services = Services.build(settings)
     key = services.organizations.create_key(organization or settings.default_organization)
     click.echo(key)
 
