@@ -45,6 +45,17 @@ def _build_adapter(base: Path, path: Path, seed: int) -> Path:
     return path
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> Iterator[None]:
+    """Tiny models on a shared 2-core machine: intra-op threads only contend (4x slower), so use one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def adapter_dirs(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two different LoRA adapters on the tiny model; read-only."""

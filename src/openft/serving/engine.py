@@ -204,7 +204,9 @@ class InferenceEngine:
         counts = [0] * n
         active = set(range(n))
 
-        with loaded.lock, torch.inference_mode(), self._activate(loaded, adapter_path):
+        # Adapters load and switch outside inference mode: weights created inside it are inference tensors,
+        # and peft's set_adapter later fails to flip their requires_grad.
+        with loaded.lock, self._activate(loaded, adapter_path), torch.inference_mode():
             model = loaded.peft if loaded.peft is not None else loaded.model
             device = next(loaded.model.parameters()).device
             generator = torch.Generator(device=device)
