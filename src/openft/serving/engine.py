@@ -17,6 +17,7 @@ from openft.errors import InvalidRequestError, ServerError
 from openft.serving.protocols import ChoiceFinished, Generation, GenerationEvent, ResolvedModel, TextDelta
 from openft.serving.request import ChatRequest
 from openft.serving.text import IncrementalDecoder, StopMatcher
+from openft.serving.tools import TOOL_CALL_OPEN, parse_tool_calls
 
 # Turn-end tokens of common chat templates: a model fine-tuned on a template stops on them even when its
 # generation config names only the plain EOS token.
@@ -200,7 +201,10 @@ class InferenceEngine:
             processors.append(LogitBiasLogitsProcessor(request.logit_bias))
         n = request.n
         decoders = [IncrementalDecoder(tokenizer) for _ in range(n)]
-        matchers = [StopMatcher(request.stop) for _ in range(n)]
+        # With tools, "<tool_call>" ends the content; the rest is held back and parsed into tool_calls.
+        markers = (TOOL_CALL_OPEN,) if request.tools else ()
+        matchers = [StopMatcher(request.stop + markers) for _ in range(n)]
+        calls: list[list[str] | None] = [None] * n
         counts = [0] * n
         active = set(range(n))
 
@@ -230,20 +234,27 @@ class InferenceEngine:
                         continue
                     counts[i] += 1
                     if token in loaded.eos_ids:
-                        yield from _finish(i, decoders[i], matchers[i], "stop", counts[i])
+                        yield from _finish(i, decoders[i], matchers[i], calls[i], "stop", counts[i])
                         active.discard(i)
                         continue
                     text, hit_stop = matchers[i].push(decoders[i].push(token))
-                    if text:
+                    if calls[i] is not None:
+                        calls[i].append(text)
+                    elif text:
                         yield TextDelta(i, text)
-                    if hit_stop:
-                        yield ChoiceFinished(i, "stop", counts[i])
+                    if hit_stop and matchers[i].matched == TOOL_CALL_OPEN and calls[i] is None:
+                        calls[i] = [TOOL_CALL_OPEN]
+                        matchers[i] = StopMatcher(request.stop)
+                    elif hit_stop:
+                        yield from _finish(
+                            i, decoders[i], StopMatcher(()), calls[i], "stop", counts[i], flush=False
+                        )
                         active.discard(i)
                 if not active or step == max_tokens - 1:
                     break
                 out = model(input_ids=next_tokens[:, None], use_cache=True, **_cache_kwargs(out))
         for i in sorted(active):
-            yield from _finish(i, decoders[i], matchers[i], "length", counts[i])
+            yield from _finish(i, decoders[i], matchers[i], calls[i], "length", counts[i])
 
 
 def _cache_kwargs(out: Any) -> dict[str, Any]:
@@ -253,9 +264,25 @@ def _cache_kwargs(out: Any) -> dict[str, Any]:
     return {"past_key_values": out.past_key_values}
 
 
-def _finish(index: int, decoder: IncrementalDecoder, matcher: StopMatcher, reason: str, count: int):
-    text, hit_stop = matcher.push(decoder.flush())
+def _finish(
+    index: int,
+    decoder: IncrementalDecoder,
+    matcher: StopMatcher,
+    call_text: list[str] | None,
+    reason: str,
+    count: int,
+    *,
+    flush: bool = True,
+) -> Iterator[GenerationEvent]:
+    text, hit_stop = matcher.push(decoder.flush()) if flush else ("", False)
     text = text if hit_stop else text + matcher.flush()
+    if call_text is not None:
+        call_text.append(text)
+        tool_calls = parse_tool_calls("".join(call_text))
+        if tool_calls:
+            yield ChoiceFinished(index, "tool_calls", count, tool_calls)
+            return
+        text = "".join(call_text)  # not a well-formed call: it is content after all
     if text:
         yield TextDelta(index, text)
     yield ChoiceFinished(index, "stop" if hit_stop else reason, count)  # type: ignore[arg-type]

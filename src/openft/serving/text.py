@@ -53,14 +53,16 @@ class StopMatcher:
     def __init__(self, stops: tuple[str, ...]) -> None:
         self._stops = stops
         self._pending = ""
+        self.matched: str | None = None
 
     def push(self, text: str) -> tuple[str, bool]:
         """Return (text safe to release, whether a stop sequence was hit)."""
         buffer = self._pending + text
-        hits = [i for i in (buffer.find(stop) for stop in self._stops) if i >= 0]
+        hits = [(i, stop) for stop in self._stops if (i := buffer.find(stop)) >= 0]
         if hits:
+            at, self.matched = min(hits)
             self._pending = ""
-            return buffer[: min(hits)], True
+            return buffer[:at], True
         hold = max((self._partial_stop_length(buffer, stop) for stop in self._stops), default=0)
         self._pending = buffer[len(buffer) - hold :] if hold else ""
         return buffer[: len(buffer) - hold], False
