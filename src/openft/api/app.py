@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
-from openft.api import deps, errors, files, fine_tuning, models, uploads
+from openft.api import dashboard, deps, errors, files, fine_tuning, models, uploads
 from openft.services.context import Services
 from openft.settings import Settings
 
@@ -29,4 +29,6 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1", dependencies=[Depends(deps.authenticate)])
+    # The dashboard is static and public; it calls the same /v1 API, with the user's key.
+    app.include_router(dashboard.router)
     return app
