@@ -238,7 +238,8 @@ def test_expired_training_lease_requeues_then_fails_at_the_attempt_limit(service
     clock.advance(LEASE + 1)
     assert runtime.expire_leases(max_attempts=2) == [claim.job_id]
     row = job(services, claim.job_id)
-    assert (row.status, row.error_code) == ("failed", "worker_lost")
+    assert (row.status, row.error_code, row.lease_owner) == ("failed", "worker_lost", None)
+    assert row.finished_at is not None
     assert "OPENFT_MAX_ATTEMPTS=2" in row.error_message
     assert events(services, claim.job_id)[-1].level == "error"
     assert runtime.claim("w3", LEASE) is None

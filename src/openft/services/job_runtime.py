@@ -215,7 +215,10 @@ class JobRuntime:
                     )
                     target = JobStatus.FAILED
                     values.update(
-                        error_code=WORKER_LOST, error_message=message, error_param=None, finished_at=None
+                        error_code=WORKER_LOST,
+                        error_message=message,
+                        error_param=None,
+                        finished_at=store.now(),
                     )
                 else:
                     message = (
