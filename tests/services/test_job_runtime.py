@@ -233,7 +233,7 @@ def test_expired_training_lease_requeues_then_fails_at_the_attempt_limit(service
 
     second = runtime.claim("w2", LEASE)
     assert (second.attempts, second.phase) == (2, "train")
-    assert events(services, claim.job_id)[-1].message.startswith("Fine-tuning job resumed (attempt 2)")
+    assert events(services, claim.job_id)[-1].message.startswith("Fine-tuning job resumed")
 
     clock.advance(LEASE + 1)
     assert runtime.expire_leases(max_attempts=2) == [claim.job_id]
@@ -405,3 +405,16 @@ def test_mark_validated_on_a_cancelled_job_refuses_and_releases(services, runtim
     assert runtime.mark_validated(job_id, claim.generation, hyperparameters={}, stats={}) is False
     row = job(services, job_id)
     assert (row.status, row.lease_owner) == ("cancelled", None)
+
+
+def test_a_drain_or_a_pause_gives_its_attempt_back_and_a_crash_does_not(services, runtime, org):
+    claim = start(runtime, services, org)
+    assert claim.attempts == 1
+    assert runtime.requeue(claim.job_id, claim.generation, reason="the worker is shutting down")
+    drained = runtime.claim("w2", LEASE)
+    assert drained.attempts == 1  # the drain was not a failed attempt
+    assert runtime.requeue(drained.job_id, drained.generation, reason="the child died", failed_attempt=True)
+    crashed = runtime.claim("w3", LEASE)
+    assert crashed.attempts == 2
+    started = [e.message for e in events(services, claim.job_id) if e.message == "Fine-tuning job started"]
+    assert len(started) == 1  # later claims say "resumed"

@@ -150,13 +150,12 @@ class JobRuntime:
                 return None
             job_id, status, generation, attempts = claimed
             phase: Literal["validate", "train"] = "train" if status == JobStatus.RUNNING.value else "validate"
-            if phase == "train":
-                message = (
-                    "Fine-tuning job started"
-                    if attempts == 1
-                    else f"Fine-tuning job resumed (attempt {attempts}), continuing from its last checkpoint"
+            if phase == "train" and not store.add_event(
+                session, job_id, "Fine-tuning job started", data=None, dedup_key="started"
+            ):
+                store.add_event(
+                    session, job_id, "Fine-tuning job resumed, continuing from its last checkpoint", data={}
                 )
-                store.add_event(session, job_id, message, data=None)
             row = session.scalar(
                 select(JobRow).where(JobRow.id == job_id).execution_options(populate_existing=True)
             )
@@ -187,8 +186,10 @@ class JobRuntime:
             store.fenced_update(session, job_id, generation, **_RELEASED)
 
     def finish_stopped(self, job_id: str, generation: int) -> None:
-        """The run stopped because the API cancelled or paused the job (it already set the status)."""
-        self.release(job_id, generation)
+        """The run stopped because the API cancelled or paused the job (it already set the status).
+        A stop that was asked for is not a failed attempt: the attempt is given back."""
+        with self.db.transaction() as session:
+            store.fenced_update(session, job_id, generation, attempts=JobRow.attempts - 1, **_RELEASED)
 
     def expire_leases(self, max_attempts: int) -> list[str]:
         """Recover running jobs whose worker stopped renewing its lease: back to ``queued`` (they
@@ -367,8 +368,10 @@ class JobRuntime:
             store.add_event(session, job_id, message, level="error", data={})
             return True
 
-    def requeue(self, job_id: str, generation: int, *, reason: str) -> bool:
-        """``running`` -> ``queued`` (the worker is draining); the next claim resumes it."""
+    def requeue(self, job_id: str, generation: int, *, reason: str, failed_attempt: bool = False) -> bool:
+        """``running`` -> ``queued``; the next claim resumes it. Only a ``failed_attempt`` (the child
+        died) counts towards ``max_attempts``; a drain gives its attempt back."""
+        refund: dict[str, Any] = {} if failed_attempt else {"attempts": JobRow.attempts - 1}
         with self.db.transaction() as session:
             moved = store.compare_and_set(
                 session,
@@ -377,6 +380,7 @@ class JobRuntime:
                 JobStatus.QUEUED,
                 generation=generation,
                 estimated_finish=None,
+                **refund,
                 **_RELEASED,
             )
             if not moved:

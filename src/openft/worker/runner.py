@@ -314,11 +314,7 @@ class TrainingRun:
             )
             return
         if state.requested == "drain":
-            runtime.requeue(
-                job.id,
-                gen,
-                reason="The worker is shutting down; the job will resume from its latest checkpoint.",
-            )
+            runtime.requeue(job.id, gen, reason="the worker is shutting down")
             return
         if state.requested in ("cancel", "pause"):
             # the API already moved the job to cancelled or paused; we only give the lease back
@@ -337,6 +333,7 @@ class TrainingRun:
             runtime.requeue(
                 job.id,
                 gen,
-                reason=f"The training process died ({how}); the job will resume from its latest checkpoint "
-                f"(attempt {self.claim.attempts} of {self.settings.max_attempts}).",
+                reason=f"the training process died ({how}); attempt {self.claim.attempts} of "
+                f"{self.settings.max_attempts}",
+                failed_attempt=True,
             )
