@@ -13,6 +13,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 def make_spec(tmp_path: Path, model_dir: Path, rows: list[dict], **overrides):
     """A small spec over ``rows`` written to ``tmp_path/train.jsonl``; output under ``tmp_path/out``."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     from openft.training.spec import TrainingSpec
 
     fields = {
