@@ -34,7 +34,7 @@ class SubprocessLauncher:
     """Runs ``python -m openft.training.child SPEC`` with tcmalloc preloaded where available."""
 
     def start(self, spec_path: Path, log_path: Path) -> subprocess.Popen:
-        from openft.training.child import child_command
+        from openft.training.launch import child_command
 
         argv, env = child_command(spec_path)
         with open(log_path, "ab") as err:
