@@ -45,6 +45,7 @@ RESPONSE_SCHEMAS: dict[tuple[str, str], str | None] = {
     ("GET", r"/models"): "ListModelsResponse",
     ("GET", r"/models/.+"): "Model",
     ("DELETE", r"/models/.+"): "DeleteModelResponse",
+    ("POST", r"/chat/completions"): "CreateChatCompletionResponse",  # non-streaming calls only
 }
 
 # Fields the real API sends as null although the 3.1 subset types them as non-nullable (it was

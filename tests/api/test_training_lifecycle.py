@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import openai
 import pytest
 from safetensors.torch import load_file
 
@@ -133,6 +134,18 @@ def test_job_trains_to_success_and_reports_like_openai(client, services):
     names = {m.id for m in client.models.list()}
     assert job.fine_tuned_model in names
     assert checkpoints[1].fine_tuned_model_checkpoint in names
+
+    # The model and a checkpoint answer by name in chat completions, then deletion makes them 404.
+    question = [{"role": "user", "content": "What is the code word? (ask #0)"}]
+    for name in (job.fine_tuned_model, checkpoints[1].fine_tuned_model_checkpoint, BASE):
+        reply = client.chat.completions.create(model=name, messages=question, max_tokens=4, temperature=0)
+        assert reply.model == name
+        assert reply.usage.completion_tokens <= 4 and reply.usage.prompt_tokens > 0
+        assert reply.choices[0].finish_reason in ("stop", "length")
+    assert client.models.delete(job.fine_tuned_model).deleted is True
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.chat.completions.create(model=job.fine_tuned_model, messages=question)
+    assert missing.value.code == "model_not_found"
 
 
 def test_bad_training_file_fails_validation_without_training(client, services):

@@ -5,8 +5,10 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
-from openft.api import dashboard, deps, errors, files, fine_tuning, models, uploads
+from openft.api import chat, dashboard, deps, errors, files, fine_tuning, models, uploads
 from openft.services.context import Services
+from openft.services.inference import ServicesModelResolver
+from openft.serving.engine import InferenceEngine
 from openft.settings import Settings
 
 # Every resource router, mounted under /v1 behind authentication. Add new resources here
@@ -29,6 +31,10 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1", dependencies=[Depends(deps.authenticate)])
+    # Chat completions: the engine imports torch lazily, on the first request for a model.
+    app.state.model_resolver = ServicesModelResolver(app.state.services)
+    app.state.inference = InferenceEngine(max_adapter_bytes=settings.serving_memory_budget_bytes)
+    app.include_router(chat.router, dependencies=[Depends(deps.authenticate)])
     # The dashboard is static and public; it calls the same /v1 API, with the user's key.
     app.include_router(dashboard.router)
     return app
