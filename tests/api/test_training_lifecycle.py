@@ -239,3 +239,35 @@ def test_a_child_that_keeps_dying_fails_after_the_attempts_limit(client, service
     assert str(services.settings.max_attempts) in job.error.message
     requeues = [e.message for e in _events(client, job.id) if "training process died" in e.message]
     assert len(requeues) == services.settings.max_attempts
+
+
+def test_export_writes_an_adapter_and_merged_weights_that_transformers_loads(
+    client, services, settings, tmp_path, monkeypatch
+):
+    import torch
+    from click.testing import CliRunner
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from openft.cli.main import main
+
+    job = _create(client, n_epochs=1, batch_size=4)
+    Worker(services).run(burst=True)
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+
+    monkeypatch.setenv("OPENFT_BASE_MODELS", json.dumps(settings.base_models))
+    runner = CliRunner()
+    for fmt in ("adapter", "merged"):
+        result = runner.invoke(main, ["export", job.fine_tuned_model, str(tmp_path / fmt), "--format", fmt])
+        assert result.exit_code == 0, result.output
+
+    adapter_config = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    base = AutoModelForCausalLM.from_pretrained(adapter_config["base_model_name_or_path"])
+    with_adapter = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged").eval()
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "merged")
+    assert tokenizer.chat_template  # the template travels with the weights
+    ids = tokenizer("What is the code word?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(merged(ids).logits, with_adapter(ids).logits, atol=1e-4, rtol=1e-4)

@@ -6,6 +6,7 @@ import logging
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import click
 
@@ -127,4 +128,38 @@ def keys_create(organization: str | None) -> None:
     click.echo(key)
 
 
-COMMANDS: list[click.Command] = [serve, api, worker, keys]
+@click.command()
+@click.argument("model")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["adapter", "merged"]),
+    default="adapter",
+    show_default=True,
+    help="adapter: PEFT LoRA adapter (serve with vLLM --enable-lora); merged: full safetensors weights.",
+)
+@click.option("--organization", "-o", default=None, help="Owner organization (default: the default one).")
+def export(model: str, directory: Path, fmt: str, organization: str | None) -> None:
+    """Write fine-tuned MODEL (an ft: name or checkpoint) to DIRECTORY for vLLM or transformers.
+
+    Runs on the server's machine against its database and storage, like `openft worker`.
+    """
+    from openft.services.context import Services
+    from openft.services.inference import ServicesModelResolver
+    from openft.serving.export import export as write
+
+    settings = _settings()
+    services = Services.build(settings)
+    org = services.organizations.ensure(organization or settings.default_organization)
+    resolved = ServicesModelResolver(services).resolve(org.id, model)
+    out = write(resolved, fmt, directory)
+    click.echo(f"wrote {fmt} to {out}")
+    if fmt == "adapter":
+        click.echo(
+            f"serve with: vllm serve {resolved.base_path} --enable-lora --lora-modules '{model}={out}'",
+            err=True,
+        )
+
+
+COMMANDS: list[click.Command] = [serve, api, worker, keys, export]
