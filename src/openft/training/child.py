@@ -4,12 +4,19 @@ Reads the spec, runs ``train`` and prints the JSON-lines protocol of ``spec.py``
 flushed line each; logs and warnings go to stderr). SIGUSR1 asks for a pause (checkpoint at the
 next step boundary, then ``paused``), SIGTERM for a cancel (``cancelled``); both exit 0. A failure
 becomes one ``error`` line with a code from ``spec.py`` and a non-zero exit.
+
+Before every line and at every step boundary the child checks that it still owns the job: its
+worker is alive (``OPENFT_PARENT_PID``, a fallback for ``PR_SET_PDEATHSIG``) and the job's fence
+file (``LEASE_FILE`` in the output directory, rewritten by each worker that claims the job) still
+holds the token it started with. If not, it exits at once with ``EXIT_ORPHANED`` or
+``EXIT_FENCED`` and writes nothing more: another worker may be resuming the job in that directory.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -17,6 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
+from openft.training.launch import LEASE_FILE, PARENT_PID_ENV
 from openft.training.spec import (
     ERROR_MODEL_LOAD,
     ERROR_NAN_LOSS,
@@ -25,19 +33,59 @@ from openft.training.spec import (
     TrainingSpec,
 )
 
+EXIT_ORPHANED = 70
+EXIT_FENCED = 71
+
+
+class Ownership:
+    """Whether this child may still write: its worker lives and the job's fence file is unchanged."""
+
+    def __init__(self, parent_pid: int | None, lease_path: Path | None) -> None:
+        self.parent_pid = parent_pid
+        self.lease_path = lease_path
+        self.token = self._read_token()
+
+    @classmethod
+    def from_env(cls, output_dir: str | Path) -> Ownership:
+        raw = os.environ.get(PARENT_PID_ENV)
+        return cls(int(raw) if raw else None, Path(output_dir) / LEASE_FILE)
+
+    def _read_token(self) -> str | None:
+        if self.lease_path is None:
+            return None
+        try:
+            return self.lease_path.read_text(encoding="utf-8")
+        except FileNotFoundError:  # started by hand or by a test: no worker fences it
+            return None
+
+    def check(self) -> None:
+        """Exit at once, writing nothing, if another worker may own the job now."""
+        if self.parent_pid is not None and os.getppid() != self.parent_pid:
+            print(f"training child: worker {self.parent_pid} is gone; exiting", file=sys.stderr, flush=True)
+            os._exit(EXIT_ORPHANED)
+        if self.token is not None and self._read_token() != self.token:
+            print("training child: another worker took the job over; exiting", file=sys.stderr, flush=True)
+            os._exit(EXIT_FENCED)
+
 
 class JsonLinesReporter:
     """Writes protocol lines to a stream and records stop requests set by signal handlers."""
 
-    def __init__(self, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO, ownership: Ownership | None = None) -> None:
         self.stream = stream
         self.requested: str | None = None
+        self.ownership = ownership
 
     def emit(self, line: dict[str, Any]) -> None:
+        # Checked before each line: a metrics line precedes every checkpoint the recipe writes.
+        if self.ownership is not None:
+            self.ownership.check()
         self.stream.write(json.dumps(line) + "\n")
         self.stream.flush()
 
     def stop_requested(self):  # -> Literal["pause", "cancel"] | None
+        if self.ownership is not None:
+            self.ownership.check()
         return self.requested
 
     def request(self, kind: str) -> None:
@@ -76,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: reporter.request("cancel"))
     try:
         spec = TrainingSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
+        reporter.ownership = Ownership.from_env(spec.output_dir)
+        reporter.ownership.check()
         from openft.training.recipe import train
 
         train(spec, reporter)

@@ -1,12 +1,21 @@
-"""How to start the training child: its argv and environment (standard library only, no torch)."""
+"""How to start the training child: its argv, its environment, and its tie to the worker (no torch)."""
 
 from __future__ import annotations
 
+import ctypes
 import ctypes.util
 import glob
 import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+# The fence file a worker writes into the job's output directory before starting a child.
+LEASE_FILE = "LEASE"
+# The worker's pid, so the child can notice at a step boundary that it was orphaned.
+PARENT_PID_ENV = "OPENFT_PARENT_PID"
+_PR_SET_PDEATHSIG = 1
 
 TCMALLOC = "libtcmalloc_minimal.so.4"
 _LIBRARY_DIRS = (
@@ -32,7 +41,33 @@ def child_command(spec_path: str | Path) -> tuple[list[str], dict[str, str]]:
     """argv and env for ``python -m openft.training.child SPEC_PATH``, preloading tcmalloc when found."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env[PARENT_PID_ENV] = str(os.getpid())
     tcmalloc = find_tcmalloc()
     if tcmalloc and tcmalloc not in env.get("LD_PRELOAD", ""):
         env["LD_PRELOAD"] = ":".join(p for p in (tcmalloc, env.get("LD_PRELOAD", "")) if p)
     return [sys.executable, "-m", "openft.training.child", str(spec_path)], env
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get SIGKILL when the worker dies (Linux ``PR_SET_PDEATHSIG``).
+
+    Without it, a SIGKILLed worker leaves its child training and checkpointing into the job's
+    directory while another worker resumes the same job there. Caveat of the kernel API: the
+    signal fires when the *thread* that started the child exits, so start it from a thread that
+    outlives it (the worker does: the same thread waits for the child).
+    """
+    parent = os.getpid()
+    prctl = None
+    if sys.platform.startswith("linux"):
+        # Resolved here, before the fork: between fork and exec only async-signal-safe work is safe
+        # (other threads may hold the import lock or allocator locks in the copied address space).
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    sigkill = int(signal.SIGKILL)
+
+    def preexec() -> None:
+        if prctl is not None:
+            prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if os.getppid() != parent:  # the worker died before prctl took effect
+            os._exit(1)
+
+    return preexec

@@ -6,7 +6,10 @@ import csv
 import io
 import json
 import logging
+import os
+import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -16,11 +19,14 @@ from typing import Protocol
 
 from openft.domain import hyperparameters as hp_rules
 from openft.domain.lifecycle import JobStatus
+from openft.training.launch import LEASE_FILE
 from openft.training.spec import ERROR_TRAINING, ERROR_WORKER_LOST, TrainingSpec
 from openft.worker.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
 
+# training.checkpoints.COMPLETE_MARKER (that module imports torch): a checkpoint without it is torn
+CHECKPOINT_COMPLETE = "COMPLETE"
 # After a cancel or pause the child stops at the next step boundary; a step that takes longer
 # than this is killed (a cancel must free the process; a pause falls back to the last checkpoint).
 STOP_GRACE_SECONDS = 120.0
@@ -31,10 +37,11 @@ class ChildLauncher(Protocol):
 
 
 class SubprocessLauncher:
-    """Runs ``python -m openft.training.child SPEC`` with tcmalloc preloaded where available."""
+    """Runs ``python -m openft.training.child SPEC`` with tcmalloc preloaded where available; the
+    child dies with the worker (``PR_SET_PDEATHSIG``) so a killed worker leaves no trainer behind."""
 
     def start(self, spec_path: Path, log_path: Path) -> subprocess.Popen:
-        from openft.training.launch import child_command
+        from openft.training.launch import child_command, die_with_parent
 
         argv, env = child_command(spec_path)
         with open(log_path, "ab") as err:
@@ -46,6 +53,7 @@ class SubprocessLauncher:
                 stdin=subprocess.DEVNULL,
                 # its own session: a Ctrl-C at the worker's terminal is the worker's to handle
                 start_new_session=True,
+                preexec_fn=die_with_parent(),
             )
 
 
@@ -66,6 +74,28 @@ class RunState:
 
 def output_dir(settings, job_id: str) -> Path:
     return settings.models_dir / "jobs" / job_id
+
+
+def fence_output_dir(out: Path, token: str) -> None:
+    """Claim the job's directory for this attempt: write the fence file the child checks (atomically,
+    so a child never reads half a token), then remove what killed attempts left half-written.
+
+    Any earlier child still alive (a stalled machine, a worker that lost its lease) sees the new
+    token at its next step boundary and exits without writing; its temporaries are no one's now.
+    """
+    temp = out / f".{LEASE_FILE}-{os.getpid()}-{threading.get_ident()}"
+    temp.write_text(token, encoding="utf-8")
+    os.replace(temp, out / LEASE_FILE)
+    torn = [d for d in out.glob("checkpoints/step-*") if not (d / CHECKPOINT_COMPLETE).is_file()]
+    for leftover in [*out.glob(".final-*"), *out.glob("checkpoints/.tmp-step-*"), *torn]:
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def owns_output_dir(out: Path, token: str) -> bool:
+    try:
+        return (out / LEASE_FILE).read_text(encoding="utf-8") == token
+    except FileNotFoundError:
+        return False
 
 
 def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
@@ -217,8 +247,14 @@ class TrainingRun:
             poll_seconds=self.settings.poll_seconds,
             on_status=self._on_status,
         )
+        token = f"generation {gen} on {socket.gethostname()}:{os.getpid()}\n"
         with keeper:
+            fence_output_dir(out, token)
             self.proc = self.launcher.start(spec_path, out / "child.log")
+            if not owns_output_dir(out, token):
+                # Another worker claimed the job and fenced the directory while we were starting.
+                keeper.lost.set()
+                self._kill()
             if keeper.status is not None:
                 self._on_status(keeper.status)
             watchdog = threading.Thread(target=self._watchdog, daemon=True)
