@@ -78,6 +78,7 @@ class Settings:
             ("lease_seconds", "OPENFT_LEASE_SECONDS"),
             ("heartbeat_seconds", "OPENFT_HEARTBEAT_SECONDS"),
             ("checkpoint_interval_seconds", "OPENFT_CHECKPOINT_INTERVAL_SECONDS"),
+            ("poll_seconds", "OPENFT_POLL_SECONDS"),
         ):
             if key in env:
                 values[name] = _float(env, key)

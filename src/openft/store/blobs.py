@@ -9,11 +9,14 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
 CHUNK = 1024 * 1024
+# A temporary nobody wrote to for this long belongs to a crashed writer.
+STALE_TEMP_SECONDS = 3600.0
 
 
 class BlobTooLarge(Exception):
@@ -102,10 +105,19 @@ class BlobStore:
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def clean_temp(self) -> int:
-        """Remove temporaries left by a crash; return how many. Run at start-up."""
+    def clean_temp(self, idle_seconds: float = STALE_TEMP_SECONDS) -> int:
+        """Remove temporaries left by a crash; return how many. Run at start-up.
+
+        Only those untouched for ``idle_seconds``: on a shared filesystem another API replica or
+        worker may be writing one right now (a temporary being written has a fresh mtime)."""
         removed = 0
+        cutoff = time.time() - idle_seconds
         for temp in (self.root / ".tmp").iterdir():
+            try:
+                if temp.stat().st_mtime > cutoff:
+                    continue
+            except FileNotFoundError:
+                continue
             temp.unlink(missing_ok=True)
             removed += 1
         return removed

@@ -50,6 +50,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _remove(path: Path) -> None:
+    """Delete a checkpoint so that a crash midway cannot leave a half-deleted ``step-N`` that still
+    looks complete: rename it to a temporary name first (``prune`` sweeps those), then remove it."""
+    doomed = path.with_name(f".tmp-step-removed-{path.name}-{os.getpid()}")
+    try:
+        os.rename(path, doomed)
+    except FileNotFoundError:
+        return
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
 def save(
     root: Path, step: int, epoch_end: bool, state: dict[str, Any], write_weights: Callable[[Path], Any]
 ) -> Checkpoint:
@@ -65,7 +76,7 @@ def save(
     _fsync_tree(temp)
     if final.exists():
         # The same step saved again (a pause right after an epoch end, or a repeated step after resume).
-        shutil.rmtree(final)
+        _remove(final)
     os.rename(temp, final)
     _fsync_dir(root)
     return Checkpoint(final, step, epoch_end)
@@ -104,7 +115,7 @@ def prune(root: Path, keep_epoch_checkpoints: int) -> None:
         keep.add(others[-1].path)
     for checkpoint in complete:
         if checkpoint.path not in keep:
-            shutil.rmtree(checkpoint.path, ignore_errors=True)
+            _remove(checkpoint.path)
     for child in root.iterdir():
         if child.name.startswith(".tmp-step-") and child.is_dir():
             shutil.rmtree(child, ignore_errors=True)
