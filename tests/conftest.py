@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from openft.training.launch import REPRODUCIBLE_THREADING
+
+# Twins trained in this process must compute like the training children (see launch.py); MKL reads
+# these when it first runs, so they are set before any test touches torch.
+os.environ.update(REPRODUCIBLE_THREADING)
+
 
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:

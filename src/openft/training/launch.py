@@ -27,6 +27,12 @@ _LIBRARY_DIRS = (
 )
 
 
+# MKL and OpenMP may run a kernel on fewer threads than asked when the machine is busy, which
+# changes the order of floating-point sums: a seeded run would then differ with the load. Pinning
+# the thread count keeps a CPU run (and a resumed one) reproducible bit for bit.
+REPRODUCIBLE_THREADING = {"MKL_DYNAMIC": "FALSE", "OMP_DYNAMIC": "FALSE"}
+
+
 def find_tcmalloc() -> str | None:
     """tcmalloc's path, if installed (Debian: libtcmalloc-minimal4); training is ~1.3x faster with it."""
     for directory in _LIBRARY_DIRS:
@@ -41,6 +47,7 @@ def child_command(spec_path: str | Path) -> tuple[list[str], dict[str, str]]:
     """argv and env for ``python -m openft.training.child SPEC_PATH``, preloading tcmalloc when found."""
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    env.update(REPRODUCIBLE_THREADING)
     env[PARENT_PID_ENV] = str(os.getpid())
     tcmalloc = find_tcmalloc()
     if tcmalloc and tcmalloc not in env.get("LD_PRELOAD", ""):
