@@ -37,7 +37,7 @@ def test_train_lora_moves_adapter_not_base(tiny_model_dir, tmp_path):
     for name, tensor in base_tensors(tiny_model_dir).items():
         assert torch.equal(tensor, before[name]), name
     assert (Path(spec.output_dir) / "spec.json").is_file()
-    assert reporter.lines[0]["type"] == "started" and reporter.lines[-1]["type"] == "result"
+    assert reporter.of_type("started") and reporter.lines[-1]["type"] == "result"
     assert result.trained_tokens == sum(line["tokens"] for line in reporter.of_type("metrics"))
     assert [c["epoch"] for c in reporter.of_type("checkpoint")] == [1, 2, 3, 4]
     assert len(checkpoints.list_complete(Path(spec.output_dir) / "checkpoints")) == 3  # keep_checkpoints
@@ -111,7 +111,7 @@ def test_train_paused_then_resumed_equals_uninterrupted(tiny_model_dir, tmp_path
 
     resumed = RecordingReporter()
     second = train(split, resumed)
-    assert resumed.lines[0] == {"type": "started", "total_steps": 8, "resumed_from_step": 2}
+    assert resumed.of_type("started") == [{"type": "started", "total_steps": 8, "resumed_from_step": 2}]
     assert second.steps == 8
     a, b = adapter_tensors(Path(whole.output_dir)), adapter_tensors(Path(split.output_dir))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
