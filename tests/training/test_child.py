@@ -69,3 +69,17 @@ def test_child_missing_model_reports_model_load_failed(tiny_model_dir, tmp_path)
     last = json.loads(out.splitlines()[-1])
     assert proc.returncode != 0
     assert last["type"] == "error" and last["code"] == "model_load_failed" and "nope" in last["message"]
+
+
+def test_error_code_maps_failures_to_protocol_codes():
+    import torch
+
+    from openft.training.child import error_code
+    from openft.training.models import ModelLoadError
+    from openft.training.recipe import NonFiniteLossError
+
+    assert error_code(MemoryError()) == "out_of_memory"
+    assert error_code(torch.OutOfMemoryError()) == "out_of_memory"
+    assert error_code(NonFiniteLossError("nan")) == "nan_loss"
+    assert error_code(ModelLoadError("x")) == "model_load_failed"
+    assert error_code(ValueError("x")) == "training_failed"

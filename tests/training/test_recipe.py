@@ -184,3 +184,15 @@ def test_train_dpo_loss_falls_and_margin_grows(tiny_model_dir, tmp_path):
         tuned = PeftModel.from_pretrained(base, Path(result.output_path) / "adapter").get_base_model()
         chosen, rejected = sequence_logps(tuned, row).tolist()
     assert chosen - rejected > ref_chosen - ref_rejected + 1.0
+
+
+def test_train_non_finite_loss_stops_with_nan_error(tiny_model_dir, tmp_path):
+    from openft.training.recipe import NonFiniteLossError
+
+    spec = make_spec(
+        tmp_path, tiny_model_dir, code_word_rows(8), fine_tuning_type="full", learning_rate=float("inf")
+    )
+    reporter = RecordingReporter()
+    with pytest.raises(NonFiniteLossError, match="at step 2"):
+        train(spec, reporter)
+    assert len(reporter.of_type("metrics")) == 1
