@@ -190,6 +190,7 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
         learning_rate=args.lr,
         seed=args.seed,
         use_cpu=True,  # required on a machine without a GPU
+        **({"bf16": False} if args.side == "trl-fp32" else {}),
         logging_steps=1,  # loss per step for the side-by-side check; no effect on training
         include_num_input_tokens_seen="non_padding",  # counting only
         save_strategy="no",
@@ -228,13 +229,20 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--side", choices=["openft", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--trl-fp32",
+        action="store_true",
+        help="also run TRL with bf16=False (its default bf16 is emulated, ~5x slower, on AVX2-only CPUs)",
+    )
+    parser.add_argument("--side", choices=["openft", "trl", "trl-fp32"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.side:
-        run = run_openft if args.side == "openft" else run_trl
-        print("BENCH_RESULT " + json.dumps(run(args, Path(args.work))), flush=True)
+        result = (
+            run_openft(args, Path(args.work)) if args.side == "openft" else run_trl(args, Path(args.work))
+        )
+        print("BENCH_RESULT " + json.dumps(result), flush=True)
         return
 
     if not args.model:
@@ -259,7 +267,7 @@ def main() -> None:
         }
         peak = max(peaks.values())
         results = {}
-        for side in ("openft", "trl"):
+        for side in ("openft", "trl") + (("trl-fp32",) if args.trl_fp32 else ()):
             argv = [sys.executable, __file__, "--side", side, "--work", str(work), "--model", args.model]
             argv += ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
             argv += ["--rank", str(args.rank), "--seed", str(args.seed)]
@@ -270,6 +278,7 @@ def main() -> None:
             if done.returncode != 0 or not marker:
                 sys.exit(f"{side} side failed:\n{done.stderr[-4000:]}")
             results[side] = json.loads(marker[-1].removeprefix("BENCH_RESULT "))
+            print(f"{side}: {throughput(results[side]['steps']):.1f} tokens/s", flush=True)
 
     n_params = forward_params(args.model)
     print(f"model: {args.model}")
@@ -281,12 +290,21 @@ def main() -> None:
         f"batch {args.batch_size}, LoRA rank {args.rank}, lr {args.lr}, {args.steps} measured steps + 1 warm-up"
     )
     rates = {}
-    for side, label in (("openft", "openft"), ("trl", "TRL SFTTrainer (defaults)")):
+    labels = {
+        "openft": "openft",
+        "trl": "TRL SFTTrainer (defaults)",
+        "trl-fp32": "TRL SFTTrainer (bf16=False)",
+    }
+    for side, label in labels.items():
+        if side not in results:
+            continue
         rate = throughput(results[side]["steps"])
         rates[side] = rate
         mfu = 6 * n_params * rate / peak
         print(f"{label:28s} {rate:8.1f} tokens/s   MFU {100 * mfu:5.1f}%")
-    print(f"ratio openft / TRL: {rates['openft'] / rates['trl']:.2f}x")
+    print(f"ratio openft / TRL defaults: {rates['openft'] / rates['trl']:.2f}x")
+    if "trl-fp32" in rates:
+        print(f"ratio openft / TRL bf16=False: {rates['openft'] / rates['trl-fp32']:.2f}x")
     print("step  openft_loss  trl_loss   (different shuffles: equal within noise, not bit for bit)")
     for i, (a, b) in enumerate(
         zip(results["openft"]["steps"], results["trl"]["steps"], strict=False), start=1
