@@ -178,15 +178,9 @@ class FineTuningService:
         with self.db.transaction() as session:
             if store.get_job(session, job_id, organization_id) is None:
                 raise job_not_found(job_id)
-            after_pk = None
-            if after:
-                after_pk = store.event_pk(session, job_id, after)
-                if after_pk is None:
-                    raise InvalidRequestError(
-                        f"after={after} is not an event of job {job_id}; pass the id of the last event of the "
-                        "previous page.",
-                        param="after",
-                    )
+            after_pk = _cursor(
+                store.event_pk(session, job_id, after) if after else None, after, job_id, "event"
+            )
             rows, has_more = store.list_events(
                 session, job_id, after_pk=after_pk, limit=clamp_limit(limit, 20)
             )
@@ -198,15 +192,9 @@ class FineTuningService:
         with self.db.transaction() as session:
             if store.get_job(session, job_id, organization_id) is None:
                 raise job_not_found(job_id)
-            after_pk = None
-            if after:
-                after_pk = store.checkpoint_pk(session, job_id, after)
-                if after_pk is None:
-                    raise InvalidRequestError(
-                        f"after={after} is not a checkpoint of job {job_id}; pass the id of the last checkpoint "
-                        "of the previous page.",
-                        param="after",
-                    )
+            after_pk = _cursor(
+                store.checkpoint_pk(session, job_id, after) if after else None, after, job_id, "checkpoint"
+            )
             rows, has_more = store.list_checkpoints(
                 session, job_id, after_pk=after_pk, limit=clamp_limit(limit, 10)
             )
@@ -442,3 +430,13 @@ def _check_hp(method: str, given: dict[str, Any], prefix: str) -> dict[str, Any]
         return hp_rules.check(method, given, prefix)
     except hp_rules.HyperparameterError as exc:
         raise InvalidRequestError(str(exc), param=exc.param) from None
+
+
+def _cursor(pk: int | None, after: str | None, job_id: str, noun: str) -> int | None:
+    """The pk behind an ``after`` cursor; an id that is not one of the job's ``noun``s is a 400."""
+    if after and pk is None:
+        raise InvalidRequestError(
+            f"after={after} is not a {noun} of job {job_id}; pass the id of the last {noun} of the previous page.",
+            param="after",
+        )
+    return pk

@@ -11,6 +11,7 @@ import os
 import secrets
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,6 +24,23 @@ class BlobTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"blob exceeds {limit} bytes")
         self.limit = limit
+
+
+class _Appender:
+    """Writes chunks to an open file, counting and hashing them, refusing more than ``limit``."""
+
+    def __init__(self, out: BinaryIO, limit: int | None) -> None:
+        self.out = out
+        self.limit = limit
+        self.size = 0
+        self.digest = hashlib.sha256()
+
+    def __call__(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.limit is not None and self.size > self.limit:
+            raise BlobTooLarge(self.limit)
+        self.digest.update(chunk)
+        self.out.write(chunk)
 
 
 class BlobStore:
@@ -49,47 +67,34 @@ class BlobStore:
 
     def write(self, key: str, chunks: Iterable[bytes], *, limit: int | None = None) -> tuple[int, str]:
         """Store ``chunks`` under ``key``; return (size, sha256 hex). Raises BlobTooLarge past ``limit``."""
-        temp = self._temp()
-        digest = hashlib.sha256()
-        size = 0
-        try:
-            with open(temp, "wb") as out:
-                for chunk in chunks:
-                    size += len(chunk)
-                    if limit is not None and size > limit:
-                        raise BlobTooLarge(limit)
-                    digest.update(chunk)
-                    out.write(chunk)
-                out.flush()
-                os.fsync(out.fileno())
-            self._commit(temp, key)
-        except BaseException:
-            temp.unlink(missing_ok=True)
-            raise
-        return size, digest.hexdigest()
+        with self._writing(key, limit) as add:
+            for chunk in chunks:
+                add(chunk)
+        return add.size, add.digest.hexdigest()
 
     async def write_async(
         self, key: str, chunks: AsyncIterator[bytes], *, limit: int | None = None
     ) -> tuple[int, str]:
         """Like ``write`` for an async stream (an upload read chunk by chunk)."""
+        with self._writing(key, limit) as add:
+            async for chunk in chunks:
+                add(chunk)
+        return add.size, add.digest.hexdigest()
+
+    @contextmanager
+    def _writing(self, key: str, limit: int | None) -> Iterator[_Appender]:
+        """A temporary file that becomes ``key`` (fsynced, renamed) only if the block completes."""
         temp = self._temp()
-        digest = hashlib.sha256()
-        size = 0
         try:
             with open(temp, "wb") as out:
-                async for chunk in chunks:
-                    size += len(chunk)
-                    if limit is not None and size > limit:
-                        raise BlobTooLarge(limit)
-                    digest.update(chunk)
-                    out.write(chunk)
+                appender = _Appender(out, limit)
+                yield appender
                 out.flush()
                 os.fsync(out.fileno())
             self._commit(temp, key)
         except BaseException:
             temp.unlink(missing_ok=True)
             raise
-        return size, digest.hexdigest()
 
     def write_file(self, key: str, source: BinaryIO, *, limit: int | None = None) -> tuple[int, str]:
         return self.write(key, iter(lambda: source.read(CHUNK), b""), limit=limit)
