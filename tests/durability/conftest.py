@@ -2,41 +2,25 @@
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable, Iterator
 
 import openai
-import psycopg
 import pytest
 from fleet import WorkerProcess
 from ledger import BASE
+from postgres_schema import schema_url
 from starlette.testclient import TestClient
 
 from openft.api.app import create_app
 from openft.settings import Settings
 
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
-
 
 @pytest.fixture
 def database_url() -> Iterator[str]:
     """A new schema on the local PostgreSQL, dropped afterwards: the multi-worker deployment."""
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(
-            f"PostgreSQL is not reachable at 127.0.0.1:5432 (database 'test', user 'postgres'): {exc}"
-        )
-    schema = "t_" + secrets.token_hex(6)
-    with admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-        try:
-            # A frozen (SIGSTOPped) worker must not hold row locks forever: PostgreSQL ends a session
-            # left idle inside a transaction, as a production setup should (see docs/durability.md).
-            timeout = "-cidle_in_transaction_session_timeout%3D5000"
-            yield f"{POSTGRES_ADMIN_URL}?options=-csearch_path%3D{schema}%20{timeout}"
-        finally:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
+    # A frozen (SIGSTOPped) worker must not hold row locks forever: PostgreSQL ends a session left
+    # idle inside a transaction, as a production setup should (see docs/durability.md).
+    yield from schema_url("idle_in_transaction_session_timeout=5000")
 
 
 @pytest.fixture

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import base64
-import secrets
 import threading
 from collections import Counter
 from collections.abc import Iterator
 
-import psycopg
 import pytest
 from sqlalchemy import select
 
@@ -20,7 +18,6 @@ from openft.services.models import ModelService
 from openft.settings import DEFAULT_BASE_MODEL, Settings
 from openft.store.tables import JobCheckpointRow, JobEventRow, JobRow, ModelRow
 
-POSTGRES_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 LEASE = 30.0
 TRAIN_LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 
@@ -36,24 +33,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
-def database_url(request, tmp_path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'test.db'}"
-        return
-    try:
-        admin = psycopg.connect(POSTGRES_ADMIN_URL, autocommit=True, connect_timeout=3)
-    except psycopg.OperationalError as exc:
-        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432: {exc}")
-    schema = "t_" + secrets.token_hex(6)
-    with admin:
-        admin.execute(f"CREATE SCHEMA {schema}")
-        try:
-            yield f"{POSTGRES_ADMIN_URL}?options=-csearch_path%3D{schema}"
-        finally:
-            admin.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def _build(settings: Settings) -> Services:
