@@ -234,6 +234,11 @@ def main() -> None:
         action="store_true",
         help="also run TRL with bf16=False (its default bf16 is emulated, ~5x slower, on AVX2-only CPUs)",
     )
+    parser.add_argument(
+        "--skip-trl-default",
+        action="store_true",
+        help="skip TRL's default configuration (with --trl-fp32: compare against TRL in fp32 only)",
+    )
     parser.add_argument("--side", choices=["openft", "trl", "trl-fp32"], help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -267,7 +272,10 @@ def main() -> None:
         }
         peak = max(peaks.values())
         results = {}
-        for side in ("openft", "trl") + (("trl-fp32",) if args.trl_fp32 else ()):
+        baselines = (() if args.skip_trl_default else ("trl",)) + (("trl-fp32",) if args.trl_fp32 else ())
+        if not baselines:
+            sys.exit("nothing to compare against: drop --skip-trl-default or add --trl-fp32")
+        for side in ("openft", *baselines):
             argv = [sys.executable, __file__, "--side", side, "--work", str(work), "--model", args.model]
             argv += ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
             argv += ["--rank", str(args.rank), "--seed", str(args.seed)]
@@ -302,12 +310,13 @@ def main() -> None:
         rates[side] = rate
         mfu = 6 * n_params * rate / peak
         print(f"{label:28s} {rate:8.1f} tokens/s   MFU {100 * mfu:5.1f}%")
-    print(f"ratio openft / TRL defaults: {rates['openft'] / rates['trl']:.2f}x")
+    if "trl" in rates:
+        print(f"ratio openft / TRL defaults: {rates['openft'] / rates['trl']:.2f}x")
     if "trl-fp32" in rates:
         print(f"ratio openft / TRL bf16=False: {rates['openft'] / rates['trl-fp32']:.2f}x")
     print("step  openft_loss  trl_loss   (different shuffles: equal within noise, not bit for bit)")
     for i, (a, b) in enumerate(
-        zip(results["openft"]["steps"], results["trl"]["steps"], strict=False), start=1
+        zip(results["openft"]["steps"], results[baselines[0]]["steps"], strict=False), start=1
     ):
         trl_loss = f"{b['loss']:.4f}" if b.get("loss") is not None else "   n/a"
         print(f"{i:4d}  {a['loss']:11.4f}  {trl_loss:>8s}")
