@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 
+from openft.worker.retry import PatientRuntime
 from openft.worker.runner import SubprocessLauncher, TrainingRun
 from openft.worker.validation import TransformersTokenizerSeam, validate_job
 
@@ -22,6 +23,7 @@ class Worker:
         self.launcher = launcher or SubprocessLauncher()
         self.seam = seam or TransformersTokenizerSeam(self.settings)
         self.drain = threading.Event()
+        self.runtime = PatientRuntime(services.runtime)
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: checkpoint the running job at its next step boundary, requeue it, exit."""
@@ -35,7 +37,7 @@ class Worker:
 
     def run_once(self) -> bool:
         """Claim and handle one job; False when there was nothing to do."""
-        runtime = self.services.runtime
+        runtime = self.runtime
         for job_id in runtime.expire_leases(self.settings.max_attempts):
             log.warning("job %s: its worker's lease expired", job_id)
         claim = runtime.claim(self.worker_id, self.settings.lease_seconds)
@@ -54,7 +56,7 @@ class Worker:
                 poll_seconds=self.settings.heartbeat_seconds,
             ):
                 try:
-                    validate_job(self.services, claim, self.seam)
+                    validate_job(self.services, claim, self.seam, runtime=runtime)
                 except Exception as exc:
                     log.exception("job %s: validation crashed", claim.job_id)
                     runtime.fail(
@@ -65,7 +67,14 @@ class Worker:
                         param="training_file",
                     )
         else:
-            TrainingRun(self.services, claim, launcher=self.launcher, seam=self.seam, drain=self.drain).run()
+            TrainingRun(
+                self.services,
+                claim,
+                launcher=self.launcher,
+                seam=self.seam,
+                drain=self.drain,
+                runtime=runtime,
+            ).run()
         return True
 
     def run(self, *, burst: bool = False, max_jobs: int | None = None) -> int:
@@ -74,9 +83,14 @@ class Worker:
         while not self.drain.is_set():
             if max_jobs is not None and handled >= max_jobs:
                 break
-            if self.run_once():
-                handled += 1
-                continue
+            try:
+                if self.run_once():
+                    handled += 1
+                    continue
+            except Exception:
+                # The database is away for longer than the retries: keep the worker alive and
+                # try again; a job it held is recovered through its lease.
+                log.exception("worker %s: could not handle a job; retrying after a pause", self.worker_id)
             if burst:
                 break
             self.drain.wait(self.settings.poll_seconds)

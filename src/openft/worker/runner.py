@@ -174,10 +174,19 @@ def result_csv(metrics_path: Path) -> bytes:
 class TrainingRun:
     """One attempt at training one claimed job, from spec to a recorded outcome."""
 
-    def __init__(self, services, claim, *, launcher: ChildLauncher, seam: ModelSeam, drain: threading.Event):
+    def __init__(
+        self,
+        services,
+        claim,
+        *,
+        launcher: ChildLauncher,
+        seam: ModelSeam,
+        drain: threading.Event,
+        runtime=None,
+    ):
         self.services = services
         self.settings = services.settings
-        self.runtime = services.runtime
+        self.runtime = runtime or services.runtime
         self.claim = claim
         self.job = claim.job
         self.launcher = launcher
@@ -270,7 +279,12 @@ class TrainingRun:
                 except json.JSONDecodeError:
                     log.warning("job %s: ignoring a non-JSON line from the child: %r", job.id, raw[:200])
                     continue
-                self._record(line, metrics_path, started)
+                try:
+                    self._record(line, metrics_path, started)
+                except BaseException:
+                    # Recording failed past its retries: never leave a child training unwatched.
+                    self._kill()
+                    raise
             returncode = self.proc.wait()
             watchdog.join()
         if keeper.lost.is_set():

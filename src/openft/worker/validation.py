@@ -62,10 +62,10 @@ def _file_path(services, org_id: str, file_id: str) -> FileCheck:
     return FileCheck(services.files.local_path(row))
 
 
-def validate_job(services, claim, seam: TokenizerSeam) -> None:
+def validate_job(services, claim, seam: TokenizerSeam, *, runtime=None) -> None:
     """Validate a claimed job's files; move it to ``queued`` with resolved hyperparameters, or to
     ``failed`` with OpenAI's error codes. All writes are fenced by the claim's lease generation."""
-    runtime = services.runtime
+    runtime = runtime or services.runtime
     job = claim.job
     method = job.method_type
 
