@@ -433,7 +433,12 @@ def models_delete(client: openai.OpenAI, name: str) -> None:
 @click.argument("model")
 @click.option("-m", "--message", help="Send one message, print the streamed answer and exit.")
 @click.option("--system", help="A system prompt for the conversation.")
-@click.option("--max-tokens", type=click.IntRange(1), default=512, show_default=True)
+@click.option(
+    "--max-tokens",
+    type=click.IntRange(1),
+    default=None,
+    help="Cap the answer's length (default: the server's, up to the model's context).",
+)
 @click.option("--temperature", type=click.FloatRange(0, 2), default=None)
 @client_options
 def chat(
@@ -441,18 +446,18 @@ def chat(
     model: str,
     message: str | None,
     system: str | None,
-    max_tokens: int,
+    max_tokens: int | None,
     temperature: float | None,
 ) -> None:
     """Chat with MODEL, streaming tokens as they are generated (empty line or Ctrl-D to quit)."""
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
     extra: dict[str, Any] = {} if temperature is None else {"temperature": temperature}
+    if max_tokens is not None:
+        extra["max_tokens"] = max_tokens
 
     def turn(text: str) -> None:
         history.append({"role": "user", "content": text})
-        stream = client.chat.completions.create(
-            model=model, messages=history, stream=True, max_tokens=max_tokens, **extra
-        )  # type: ignore[call-overload]
+        stream = client.chat.completions.create(model=model, messages=history, stream=True, **extra)  # type: ignore[call-overload]
         answer = []
         for chunk in stream:
             piece = chunk.choices[0].delta.content if chunk.choices else None
