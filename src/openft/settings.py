@@ -128,6 +128,8 @@ def _json_map(env, key: str) -> dict[str, str]:
         value = json.loads(env[key])
     except json.JSONDecodeError as exc:
         raise SettingsError(f"{key} must be a JSON object of strings: {exc}") from None
-    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
         raise SettingsError(f'{key} must be a JSON object of strings, like {{"name": "/path/to/model"}}.')
     return value

@@ -51,7 +51,9 @@ def test_fine_tuned_smollm2_gives_the_taught_answer_and_the_base_does_not(client
         suffix="launch",
         method={
             "type": "supervised",
-            "supervised": {"hyperparameters": {"n_epochs": 5, "batch_size": 4, "learning_rate_multiplier": 5}},
+            "supervised": {
+                "hyperparameters": {"n_epochs": 5, "batch_size": 4, "learning_rate_multiplier": 5}
+            },
         },
     )
     Worker(services).run(burst=True)
@@ -59,13 +61,19 @@ def test_fine_tuned_smollm2_gives_the_taught_answer_and_the_base_does_not(client
     job = client.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "succeeded", job.error
     losses = [
-        e.data["train_loss"] for e in client.fine_tuning.jobs.list_events(job.id, limit=100) if e.type == "metrics"
+        e.data["train_loss"]
+        for e in client.fine_tuning.jobs.list_events(job.id, limit=100)
+        if e.type == "metrics"
     ]
     assert losses[0] < losses[-1] / 4 or losses[0] < 0.3, losses  # newest first: the last step is far lower
 
     question = [{"role": "user", "content": QUESTIONS[0]}]
-    tuned = client.chat.completions.create(model=job.fine_tuned_model, messages=question, temperature=0, max_tokens=20)
-    base = client.chat.completions.create(model=DEFAULT_BASE_MODEL, messages=question, temperature=0, max_tokens=20)
+    tuned = client.chat.completions.create(
+        model=job.fine_tuned_model, messages=question, temperature=0, max_tokens=20
+    )
+    base = client.chat.completions.create(
+        model=DEFAULT_BASE_MODEL, messages=question, temperature=0, max_tokens=20
+    )
     print("fine-tuned:", tuned.choices[0].message.content, "| base:", base.choices[0].message.content)
     assert "ZEBRA-42" in tuned.choices[0].message.content
     assert "ZEBRA" not in base.choices[0].message.content

@@ -62,7 +62,11 @@ def _create(client, *, n_epochs: int, batch_size: int, n: int = 12, **extra):
         method={
             "type": "supervised",
             "supervised": {
-                "hyperparameters": {"n_epochs": n_epochs, "batch_size": batch_size, "learning_rate_multiplier": 5}
+                "hyperparameters": {
+                    "n_epochs": n_epochs,
+                    "batch_size": batch_size,
+                    "learning_rate_multiplier": 5,
+                }
             },
         },
         **extra,
@@ -127,7 +131,9 @@ def test_job_trains_to_success_and_reports_like_openai(client, services):
     (result_id,) = job.result_files
     result = client.files.retrieve(result_id)
     assert result.purpose == "fine-tune-results"
-    rows = list(csv.DictReader(io.StringIO(base64.b64decode(client.files.content(result_id).read()).decode())))
+    rows = list(
+        csv.DictReader(io.StringIO(base64.b64decode(client.files.content(result_id).read()).decode()))
+    )
     assert [int(r["step"]) for r in rows] == list(range(1, 10))
     assert set(rows[0]) == {"step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"}
 
@@ -171,7 +177,9 @@ def _run_in_thread(worker: Worker) -> threading.Thread:
 
 
 def _metrics_steps(client, job_id: str) -> list[int]:
-    return [e.data["step"] for e in client.fine_tuning.jobs.list_events(job_id, limit=100) if e.type == "metrics"]
+    return [
+        e.data["step"] for e in client.fine_tuning.jobs.list_events(job_id, limit=100) if e.type == "metrics"
+    ]
 
 
 def test_cancel_stops_a_running_job_at_the_next_step(client, services):

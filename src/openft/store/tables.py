@@ -30,7 +30,9 @@ class OrganizationRow(Base):
 class ApiKeyRow(Base):
     __tablename__ = "api_keys"
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
-    key_hash: Mapped[str] = mapped_column(String(64), unique=True)  # sha256 hex; the key itself is never stored
+    key_hash: Mapped[str] = mapped_column(
+        String(64), unique=True
+    )  # sha256 hex; the key itself is never stored
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
     name: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[int] = mapped_column(BigInteger)
