@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 
+from openft.worker.lease import LeaseKeeper
 from openft.worker.retry import PatientRuntime
 from openft.worker.runner import SubprocessLauncher, TrainingRun
 from openft.worker.validation import TransformersTokenizerSeam, validate_job
@@ -45,8 +46,6 @@ class Worker:
             return False
         log.info("worker %s: claimed %s for %s", self.worker_id, claim.job_id, claim.phase)
         if claim.phase == "validate":
-            from openft.worker.lease import LeaseKeeper
-
             with LeaseKeeper(
                 runtime,
                 claim.job_id,

@@ -245,6 +245,8 @@ class TrainingRun:
         out.mkdir(parents=True, exist_ok=True)
         spec_path = out / "spec.json"
         spec_path.write_text(spec.to_json())
+        # Written by the training child: rewritten from the checkpoint on resume, so it holds each
+        # step of the run that produced the final weights.
         metrics_path = out / "metrics.jsonl"
 
         keeper = LeaseKeeper(
@@ -280,7 +282,7 @@ class TrainingRun:
                     log.warning("job %s: ignoring a non-JSON line from the child: %r", job.id, raw[:200])
                     continue
                 try:
-                    self._record(line, metrics_path, started)
+                    self._record(line, started)
                 except BaseException:
                     # Recording failed past its retries: never leave a child training unwatched.
                     self._kill()
@@ -291,13 +293,11 @@ class TrainingRun:
             return
         self._finish(returncode, spec, metrics_path)
 
-    def _record(self, line: dict, metrics_path: Path, started: float) -> None:
+    def _record(self, line: dict, started: float) -> None:
         job, gen = self.job, self.claim.generation
         kind = line.get("type")
         if kind == "metrics":
             step, total, data = int(line["step"]), int(line["total_steps"]), line["data"]
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(data) + "\n")
             self.state.step_times.append(time.time())
             self.runtime.record_metrics(
                 job.id,
