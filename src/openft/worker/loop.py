@@ -47,7 +47,7 @@ class Worker:
         log.info("worker %s: claimed %s for %s", self.worker_id, claim.job_id, claim.phase)
         if claim.phase == "validate":
             with LeaseKeeper(
-                runtime,
+                self.services.runtime,
                 claim.job_id,
                 claim.generation,
                 lease_seconds=self.settings.lease_seconds,

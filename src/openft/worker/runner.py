@@ -249,8 +249,10 @@ class TrainingRun:
         # step of the run that produced the final weights.
         metrics_path = out / "metrics.jsonl"
 
+        # The keeper retries on its own every poll; behind PatientRuntime's backoff it would be
+        # seconds late to notice a lease taken over.
         keeper = LeaseKeeper(
-            self.runtime,
+            self.services.runtime,
             job.id,
             gen,
             lease_seconds=self.settings.lease_seconds,
