@@ -20,15 +20,8 @@ from openft.errors import OpenFTError
 from openft.serving.engine import InferenceEngine
 from openft.serving.protocols import ResolvedModel, StaticModelResolver
 
-SPEC_NAME = Path("shared", "reference", "openai-openapi-subset.yaml")
-
-
-def _find_spec() -> Path:
-    # shared/ sits in the checkout or next to it, depending on how the working tree was laid out.
-    for folder in Path(__file__).resolve().parents:
-        if (folder / SPEC_NAME).exists():
-            return folder / SPEC_NAME
-    pytest.skip(f"{SPEC_NAME} not found above the tests")
+# OpenAI's schemas live in the repository (tests/spec/README.md says where they come from).
+SPEC_PATH = Path(__file__).resolve().parents[1] / "spec" / "openai-openapi-subset.yaml"
 
 
 def _build_adapter(base: Path, path: Path, seed: int) -> Path:
@@ -139,7 +132,7 @@ def client(base_url: str) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture(scope="session")
 def openapi_spec() -> dict:
-    return yaml.safe_load(_find_spec().read_text())
+    return yaml.safe_load(SPEC_PATH.read_text())
 
 
 def _nullable_as_anyof(node):
