@@ -227,6 +227,129 @@ def test_pause_then_resume_ends_with_the_uninterrupted_adapter(client, services)
     assert sorted(set(steps)) == list(range(1, 13)) and len(steps) == len(set(steps))  # no duplicate events
 
 
+class _Interposed:
+    """The child's stdout as the worker reads it, calling ``hook(line)`` before each line is handed
+    over: lets a test act (pause, resume, cancel through the API) at an exact point of the run."""
+
+    def __init__(self, stream, hook) -> None:
+        self.stream = stream
+        self.hook = hook
+
+    def __iter__(self):
+        for raw in self.stream:
+            self.hook(json.loads(raw))
+            yield raw
+
+
+class _InterposingLauncher(SubprocessLauncher):
+    def __init__(self, hook) -> None:
+        self.hook = hook
+        self.proc = None
+
+    def start(self, spec_path, log_path):
+        self.proc = super().start(spec_path, log_path)
+        self.proc.stdout = _Interposed(self.proc.stdout, self.hook)
+        return self.proc
+
+
+def _pending_signals(pid: int) -> int:
+    """The process-wide pending-signal mask of ``pid`` (``ShdPnd`` in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("ShdPnd:"):
+            return int(line.split()[1], 16)
+    return 0
+
+
+def _job_row(services, job_id: str):
+    from openft.store import jobs as store
+
+    with services.db.transaction() as session:
+        row = store.get_job(session, job_id)
+        session.expunge(row)
+        return row
+
+
+def test_pause_then_resume_before_the_child_stops_continues_from_its_checkpoint(client, services):
+    straight = _create(client, n_epochs=2, batch_size=1)
+    Worker(services).run(burst=True)
+    straight = client.fine_tuning.jobs.retrieve(straight.id)
+    assert straight.status == "succeeded", straight.error
+
+    job = _create(client, n_epochs=2, batch_size=1)
+    Worker(services).run(burst=True, max_jobs=1)  # validation only
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "queued"
+
+    def hook(line) -> None:
+        if line["type"] != "metrics" or line["step"] != 1:
+            return
+        # Hold the child still, pause and resume at once: the job is queued again while this
+        # worker still holds its lease and the child has not stopped.
+        launcher.proc.send_signal(signal.SIGSTOP)
+        client.fine_tuning.jobs.pause(job.id)
+        assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+        # The worker notices (status polling) and asks the child to pause: SIGUSR1 waits, pending.
+        _wait_for(lambda: _pending_signals(launcher.proc.pid) & (1 << (signal.SIGUSR1 - 1)), timeout=30)
+        launcher.proc.send_signal(signal.SIGCONT)
+
+    launcher = _InterposingLauncher(hook)
+    Worker(services, launcher=launcher).run(burst=True, max_jobs=1)
+    row = _job_row(services, job.id)
+    assert row.status == "queued" and row.lease_owner is None
+    assert row.attempts == 0  # a stop that was asked for is not a failed attempt
+
+    Worker(services).run(burst=True)
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    assert _job_row(services, job.id).attempts == 1
+    resumed = [e.message for e in _events(client, job.id) if e.message.startswith("Resuming from the checkpoint")]
+    (message,) = resumed
+    assert 0 < int(message.rsplit(" ", 1)[1]) < 24  # continued mid-run, not from step 0
+    a, b = _adapter(services, straight), _adapter(services, job)
+    for name in a:
+        assert (a[name] == b[name]).all(), name
+    steps = _metrics_steps(client, job.id)
+    assert sorted(steps) == list(range(1, 25))
+
+
+def test_a_pause_that_arrives_as_the_last_step_ends_keeps_the_result(client, services):
+    straight = _create(client, n_epochs=1, batch_size=4)
+    Worker(services).run(burst=True)
+    straight = client.fine_tuning.jobs.retrieve(straight.id)
+    assert straight.status == "succeeded", straight.error
+
+    job = _create(client, n_epochs=1, batch_size=4)
+
+    def hook(line) -> None:
+        if line["type"] == "result":  # training is done; the pause comes too late for the child
+            assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+
+    Worker(services, launcher=_InterposingLauncher(hook)).run(burst=True)
+    row = _job_row(services, job.id)
+    assert row.status == "paused" and row.lease_owner is None and row.attempts == 0
+
+    client.fine_tuning.jobs.resume(job.id)
+    Worker(services).run(burst=True)
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    a, b = _adapter(services, straight), _adapter(services, job)
+    for name in a:
+        assert (a[name] == b[name]).all(), name
+
+
+def test_nothing_is_recorded_after_a_job_is_cancelled(client, services):
+    job = _create(client, n_epochs=1, batch_size=4)
+
+    def hook(line) -> None:
+        if line["type"] == "message" and client.fine_tuning.jobs.retrieve(job.id).status == "running":
+            client.fine_tuning.jobs.cancel(job.id)  # the child's first line is still to be recorded
+
+    Worker(services, launcher=_InterposingLauncher(hook)).run(burst=True)
+    events = _events(client, job.id)
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
+    assert events[-1].message == "Fine-tuning job cancelled"
+    assert all(isinstance(e.data, dict) for e in events)  # data is an object, never null
+
+
 class _KillingLauncher(SubprocessLauncher):
     """Starts the real child, then SIGKILLs it: a training process that dies under the worker."""
 

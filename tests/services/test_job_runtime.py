@@ -139,7 +139,7 @@ def test_claim_takes_oldest_job_validates_then_trains(services, runtime, org):
     )
     assert job(services, first).status == "running"
     started = events(services, first)[-1]
-    assert (started.message, started.data) == ("Fine-tuning job started", None)
+    assert (started.message, started.data) == ("Fine-tuning job started", {})
 
 
 def test_claim_races_give_each_job_to_exactly_one_worker(settings, services, runtime, org):

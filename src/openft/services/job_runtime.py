@@ -151,7 +151,7 @@ class JobRuntime:
             job_id, status, generation, attempts = claimed
             phase: Literal["validate", "train"] = "train" if status == JobStatus.RUNNING.value else "validate"
             if phase == "train" and not store.add_event(
-                session, job_id, "Fine-tuning job started", data=None, dedup_key="started"
+                session, job_id, "Fine-tuning job started", data={}, dedup_key="started"
             ):
                 store.add_event(
                     session, job_id, "Fine-tuning job resumed, continuing from its last checkpoint", data={}
@@ -256,10 +256,11 @@ class JobRuntime:
         data: dict[str, Any] | None = None,
         dedup_key: str | None = None,
     ) -> bool:
-        """Add an event. Returns False only when the lease is lost; a repeated ``dedup_key`` (a step
-        run again after a resume) is silently skipped and returns True."""
+        """Add an event. Returns False when the lease is lost or the job already ended (cancelled
+        meanwhile: nothing follows its closing event); a repeated ``dedup_key`` (a step run again
+        after a resume) is silently skipped and returns True."""
         with self.db.transaction() as session:
-            if not store.fenced_update(session, job_id, generation):
+            if not store.fenced_update(session, job_id, generation, unfinished=True):
                 return False
             store.add_event(session, job_id, message, level=level, type=type, data=data, dedup_key=dedup_key)
             return True
@@ -275,7 +276,9 @@ class JobRuntime:
         estimated_finish: int | None,
     ) -> bool:
         with self.db.transaction() as session:
-            if not store.fenced_update(session, job_id, generation, estimated_finish=estimated_finish):
+            if not store.fenced_update(
+                session, job_id, generation, unfinished=True, estimated_finish=estimated_finish
+            ):
                 return False
             store.add_event(
                 session,
@@ -291,9 +294,9 @@ class JobRuntime:
         self, job_id: str, generation: int, *, step: int, metrics: dict[str, Any], path: str
     ) -> str | None:
         """Register a servable checkpoint (idempotent per step) and keep only the newest three.
-        Returns its model name, or None when the lease is lost."""
+        Returns its model name, or None when the lease is lost or the job already ended."""
         with self.db.transaction() as session:
-            if not store.fenced_update(session, job_id, generation):
+            if not store.fenced_update(session, job_id, generation, unfinished=True):
                 return None
             for existing in store.checkpoints_by_step(session, job_id):
                 if existing.step_number == step:
@@ -414,7 +417,11 @@ class JobRuntime:
         """
         with self.db.transaction() as session:
             job = store.get_job(session, job_id)
-            if job is None or job.lease_generation != generation or job.status != JobStatus.RUNNING.value:
+            if job is None or job.lease_generation != generation:
+                return None
+            if job.status != JobStatus.RUNNING.value:
+                # Cancelled or paused by the API while the last step ran: give the lease back.
+                store.fenced_update(session, job_id, generation, **_RELEASED)
                 return None
             organization_id = job.organization_id
         # The file service writes in a transaction of its own: on SQLite a second writer inside

@@ -9,7 +9,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from openft import ids
-from openft.domain.lifecycle import JobStatus, transition
+from openft.domain.lifecycle import TERMINAL, JobStatus, transition
 from openft.store.tables import JobCheckpointRow, JobEventRow, JobRow, ModelRow, OrganizationRow
 
 
@@ -109,7 +109,7 @@ def add_event(
             level=level,
             message=message,
             type=type,
-            data=data,
+            data=data if data is not None else {},  # OpenAI sends an object, never null
             dedup_key=dedup_key,
         )
     )
@@ -137,18 +137,23 @@ def compare_and_set(
     return result.rowcount == 1
 
 
-def fenced_update(session: Session, job_id: str, generation: int, **values: Any) -> bool:
-    """Write ``values`` only while the lease generation is still ``generation``.
+def fenced_update(
+    session: Session, job_id: str, generation: int, *, unfinished: bool = False, **values: Any
+) -> bool:
+    """Write ``values`` only while the lease generation is still ``generation`` (and, with
+    ``unfinished``, only while the job has not reached a terminal status: nothing a worker reports
+    may follow a job's closing event).
 
     With no values it still writes (``lease_generation`` onto itself) so that PostgreSQL takes the
     row lock: whatever the caller adds after it cannot interleave with a claim that moves the
-    generation.
+    generation, or with the API's cancel.
     """
     if not values:
         values = {"lease_generation": JobRow.lease_generation}
-    result = session.execute(
-        update(JobRow).where(JobRow.id == job_id, JobRow.lease_generation == generation).values(**values)
-    )
+    query = update(JobRow).where(JobRow.id == job_id, JobRow.lease_generation == generation)
+    if unfinished:
+        query = query.where(JobRow.status.notin_([s.value for s in TERMINAL]))
+    result = session.execute(query.values(**values))
     return result.rowcount == 1
 
 

@@ -194,13 +194,17 @@ class TrainingRun:
         self.drain = drain
         self.state = RunState()
         self.proc: subprocess.Popen | None = None
+        self.keeper: LeaseKeeper | None = None
         self._signal_lock = threading.Lock()
         self._stop_deadline: float | None = None
 
     # -- signals to the child ------------------------------------------------------------
     def _ask(self, what: str) -> None:
         with self._signal_lock:
-            if self.state.requested is not None or self.proc is None or self.proc.poll() is not None:
+            if self.proc is None or self.proc.poll() is not None:
+                return
+            # One request per run, except that a cancel overrides a pause or drain still under way.
+            if self.state.requested is not None and not (what == "cancel" and self.state.requested != "cancel"):
                 return
             self.state.requested = what
             self._stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -209,12 +213,17 @@ class TrainingRun:
             self.proc.send_signal(sig)
 
     def _on_status(self, status: JobStatus) -> None:
-        if status == JobStatus.CANCELLED:
+        if self.keeper is not None and self.keeper.lost.is_set():
+            # another worker owns the job now: stop at once, write nothing more
+            self._kill()
+        elif status == JobStatus.CANCELLED:
             self._ask("cancel")
-        elif status == JobStatus.PAUSED:
+        elif status in (JobStatus.PAUSED, JobStatus.QUEUED):
+            # QUEUED while our lease still holds: the API paused and resumed the job before the
+            # child stopped. Pause all the same, so the next claim continues from this checkpoint
+            # instead of step 0, and no attempt is spent on it.
             self._ask("pause")
         elif status != JobStatus.RUNNING and self.proc is not None:
-            # lease lost or the job was moved away from us: stop at once, write nothing more
             self._kill()
 
     def _kill(self) -> None:
@@ -260,6 +269,7 @@ class TrainingRun:
             poll_seconds=self.settings.poll_seconds,
             on_status=self._on_status,
         )
+        self.keeper = keeper
         token = f"generation {gen} on {socket.gethostname()}:{os.getpid()}\n"
         with keeper:
             fence_output_dir(out, token)
@@ -347,7 +357,7 @@ class TrainingRun:
             trained_tokens = int(stats.get("billable_tokens", 0)) * spec.n_epochs or int(
                 state.result.get("trained_tokens", 0)
             )
-            runtime.succeed(
+            name = runtime.succeed(
                 job.id,
                 gen,
                 artifact_path=state.result["output_path"],
@@ -356,6 +366,11 @@ class TrainingRun:
                 final_step=int(state.result.get("steps", 0)),
                 final_metrics=state.result.get("final_metrics") or {},
             )
+            if name is None:
+                # Cancelled or paused (perhaps resumed too) while the last step ran, before the
+                # child saw the request: the stop was asked for, so the attempt is given back. A
+                # paused job keeps its final epoch checkpoint; resumed, it only writes the weights.
+                runtime.finish_stopped(job.id, gen)
             return
         if state.error is not None:
             runtime.fail(

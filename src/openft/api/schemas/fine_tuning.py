@@ -95,7 +95,7 @@ class FineTuningJobEvent(BaseModel):
     level: Literal["info", "warn", "error"]
     message: str
     type: Literal["message", "metrics"]
-    data: dict[str, Any] | None
+    data: dict[str, Any]
 
     @classmethod
     def from_row(cls, row: JobEventRow) -> FineTuningJobEvent:
@@ -105,7 +105,7 @@ class FineTuningJobEvent(BaseModel):
             level=row.level,  # type: ignore[arg-type]
             message=row.message,
             type=row.type,  # type: ignore[arg-type]
-            data=row.data,
+            data=row.data if row.data is not None else {},
         )
 
 
