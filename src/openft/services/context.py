@@ -11,6 +11,7 @@ from openft.services.fine_tuning import FineTuningService
 from openft.services.job_runtime import JobRuntime
 from openft.services.models import ModelService
 from openft.services.organizations import OrganizationService
+from openft.services.projects import ProjectService
 from openft.services.uploads import UploadService
 from openft.settings import Settings
 from openft.store.blobs import BlobStore
@@ -53,6 +54,7 @@ class Services:
 
     # One line per service. Each factory takes this Services object.
     organizations = service(OrganizationService)
+    projects = service(ProjectService)
     auth = service(AuthService)
     files = service(FileService)
     uploads = service(UploadService)

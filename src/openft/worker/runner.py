@@ -104,7 +104,7 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
     init_adapter = None
     base_dir = seam.base_model_dir(job.base_model)
     if job.parent_model:
-        _, artifact = services.models.resolve_for_inference(job.organization_id, job.parent_model)
+        _, artifact = services.models.resolve_for_inference(job.owner, job.parent_model)
         artifact = Path(artifact)
         if (artifact / "adapter").exists():
             init_adapter = str(artifact / "adapter")
@@ -113,17 +113,13 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
     out = output_dir(settings, job.id)
     validation_path = None
     if job.validation_file:
-        validation_path = str(
-            services.files.local_path(services.files.get(job.organization_id, job.validation_file))
-        )
+        validation_path = str(services.files.local_path(services.files.get(job.owner, job.validation_file)))
     method = job.method_type
     return TrainingSpec(
         job_id=job.id,
         method=method,
         base_model_path=str(base_dir),
-        training_file=str(
-            services.files.local_path(services.files.get(job.organization_id, job.training_file))
-        ),
+        training_file=str(services.files.local_path(services.files.get(job.owner, job.training_file))),
         validation_file=validation_path,
         output_dir=str(out),
         seed=int(job.seed),
@@ -204,7 +200,9 @@ class TrainingRun:
             if self.proc is None or self.proc.poll() is not None:
                 return
             # One request per run, except that a cancel overrides a pause or drain still under way.
-            if self.state.requested is not None and not (what == "cancel" and self.state.requested != "cancel"):
+            if self.state.requested is not None and not (
+                what == "cancel" and self.state.requested != "cancel"
+            ):
                 return
             self.state.requested = what
             self._stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
