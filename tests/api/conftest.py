@@ -43,6 +43,12 @@ RESPONSE_SCHEMAS: dict[tuple[str, str], str | None] = {
     ("GET", r"/models"): "ListModelsResponse",
     ("GET", r"/models/.+"): "Model",
     ("DELETE", r"/models/.+"): "DeleteModelResponse",
+    ("POST", r"/fine_tuning/checkpoints/.+/permissions"): "ListFineTuningCheckpointPermissionResponse",
+    ("GET", r"/fine_tuning/checkpoints/.+/permissions"): "ListFineTuningCheckpointPermissionResponse",
+    (
+        "DELETE",
+        r"/fine_tuning/checkpoints/.+/permissions/[^/]+",
+    ): "DeleteFineTuningCheckpointPermissionResponse",
     ("POST", r"/chat/completions"): "CreateChatCompletionResponse",  # non-streaming calls only
 }
 

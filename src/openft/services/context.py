@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from openft.services.auth import AuthService
+from openft.services.checkpoint_permissions import CheckpointPermissionService
 from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
 from openft.services.job_runtime import JobRuntime
@@ -61,6 +62,7 @@ class Services:
     models = service(ModelService)
     fine_tuning = service(FineTuningService)
     runtime = service(JobRuntime)
+    checkpoint_permissions = service(CheckpointPermissionService)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -55,6 +55,10 @@ class ProjectService:
         with self.db.transaction() as session:
             return store.get(session, project_id)
 
+    def list(self, organization_id: str) -> list[ProjectRow]:
+        with self.db.transaction() as session:
+            return store.list_for(session, organization_id)
+
     def find(self, organization_id: str, id_or_name: str) -> ProjectRow | None:
         """A project of the organization by id (what the ``OpenAI-Project`` header carries) or name."""
         with self.db.transaction() as session:

@@ -19,6 +19,14 @@ def get_by_name(session: Session, organization_id: str, name: str) -> ProjectRow
     )
 
 
+def list_for(session: Session, organization_id: str) -> list[ProjectRow]:
+    return list(
+        session.scalars(
+            select(ProjectRow).where(ProjectRow.organization_id == organization_id).order_by(ProjectRow.pk)
+        )
+    )
+
+
 def project_id_of(session: Session, scope: Scope) -> str | None:
     """The real id of the scope's project; for the default project, None until its row exists
     (nothing can have been shared with a project that has no id yet)."""
