@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
@@ -18,6 +21,7 @@ from openft.api import (
 )
 from openft.services.context import Services
 from openft.services.inference import ServicesModelResolver
+from openft.services.webhooks import WebhookDispatcher
 from openft.serving.engine import InferenceEngine
 from openft.settings import Settings
 
@@ -34,8 +38,25 @@ ROUTERS: list[APIRouter] = [
 
 def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
     """Build the app. ``services`` defaults to ``Services.build(settings)`` (migrates the database)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # While the server runs it also sends webhooks from the outbox (every replica may: the
+        # deliveries are leased). In-process test clients that never start the app send none.
+        dispatcher = WebhookDispatcher(app.state.services).start() if settings.webhook_delivery else None
+        try:
+            yield
+        finally:
+            if dispatcher is not None:
+                dispatcher.stop()
+
     app = FastAPI(
-        title="openft", version=__version__, openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None
+        title="openft",
+        version=__version__,
+        openapi_url="/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.services = services if services is not None else Services.build(settings)

@@ -14,6 +14,7 @@ from openft.services.models import ModelService
 from openft.services.organizations import OrganizationService
 from openft.services.projects import ProjectService
 from openft.services.uploads import UploadService
+from openft.services.webhooks import WebhookService
 from openft.settings import Settings
 from openft.store.blobs import BlobStore
 from openft.store.db import Database
@@ -63,6 +64,7 @@ class Services:
     fine_tuning = service(FineTuningService)
     runtime = service(JobRuntime)
     checkpoint_permissions = service(CheckpointPermissionService)
+    webhooks = service(WebhookService)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -76,4 +78,6 @@ class Services:
         return services
 
     def close(self) -> None:
+        if "webhooks" in self.__dict__:
+            self.webhooks.close()
         self.db.dispose()
