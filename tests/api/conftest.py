@@ -106,6 +106,29 @@ def _load_spec() -> dict:
     for member in ("code", "message"):
         job["error"]["anyOf"][0]["properties"][member] = {"type": ["string", "null"]}
     job["status"]["enum"] = [*job["status"]["enum"], "paused"]
+    # openft's extension integration {"type": "mlflow", "mlflow": {...}} beside OpenAI's wandb one.
+    wandb_only = schemas["FineTuningIntegration"]
+    schemas["FineTuningIntegration"] = {
+        "anyOf": [
+            wandb_only,
+            {
+                "type": "object",
+                "required": ["type", "mlflow"],
+                "properties": {
+                    "type": {"enum": ["mlflow"]},
+                    "mlflow": {
+                        "type": "object",
+                        "required": ["experiment"],
+                        "properties": {
+                            "experiment": {"type": "string"},
+                            "run_name": {"type": ["string", "null"]},
+                            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+        ]
+    }
     return spec
 
 

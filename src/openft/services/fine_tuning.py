@@ -337,9 +337,13 @@ def _check_integrations(integrations: Any) -> list[dict[str, Any]]:
     out = []
     for i, item in enumerate(integrations):
         param = f"integrations[{i}]"
+        if isinstance(item, dict) and item.get("type") == "mlflow":
+            out.append(_check_mlflow(item.get("mlflow"), param))
+            continue
         if not isinstance(item, dict) or item.get("type") != "wandb":
             raise InvalidRequestError(
-                f"{param}.type must be 'wandb', the only integration supported.", param=f"{param}.type"
+                f"{param}.type must be 'wandb' (Weights & Biases) or 'mlflow' (an openft extension).",
+                param=f"{param}.type",
             )
         wandb = item.get("wandb")
         if not isinstance(wandb, dict):
@@ -379,6 +383,37 @@ def _check_integrations(integrations: Any) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _check_mlflow(mlflow: Any, param: str) -> dict[str, Any]:
+    """openft's extension ``{"type": "mlflow", "mlflow": {"experiment", "run_name", "tags"}}``: the
+    run goes to the operator's tracking server, in ``experiment`` (created if new)."""
+    if not isinstance(mlflow, dict):
+        raise InvalidRequestError(
+            f"{param}.mlflow must be an object with an 'experiment'.", param=f"{param}.mlflow"
+        )
+    experiment = mlflow.get("experiment")
+    if not isinstance(experiment, str) or not experiment:
+        raise InvalidRequestError(
+            f"{param}.mlflow.experiment is required: the MLflow experiment to log to.",
+            param=f"{param}.mlflow.experiment",
+        )
+    run_name = mlflow.get("run_name")
+    if run_name is not None and not isinstance(run_name, str):
+        raise InvalidRequestError(
+            f"{param}.mlflow.run_name must be a string or null.", param=f"{param}.mlflow.run_name"
+        )
+    tags = mlflow.get("tags") or {}
+    if (
+        not isinstance(tags, dict)
+        or len(tags) > MAX_WANDB_TAGS
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
+    ):
+        raise InvalidRequestError(
+            f"{param}.mlflow.tags must be an object of at most {MAX_WANDB_TAGS} string keys and string values.",
+            param=f"{param}.mlflow.tags",
+        )
+    return {"type": "mlflow", "mlflow": {"experiment": experiment, "run_name": run_name, "tags": dict(tags)}}
 
 
 def _check_method(method: Any, top_level: Any) -> tuple[str, dict[str, Any]]:

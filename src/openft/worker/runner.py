@@ -21,6 +21,7 @@ from openft.domain import hyperparameters as hp_rules
 from openft.domain.lifecycle import JobStatus
 from openft.training.launch import LEASE_FILE
 from openft.training.spec import ERROR_TRAINING, ERROR_WORKER_LOST, TrainingSpec
+from openft.worker.integrations import JobIntegrations
 from openft.worker.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class RunState:
     stopped: str | None = None  # "paused" | "cancelled" as reported by the child
     requested: str | None = None  # "pause" | "cancel" | "drain" as asked by the API or the worker
     step_times: list[float] = field(default_factory=list)
+    last_elapsed: float | None = None  # the child's elapsed_seconds at its previous step
+    fine_tuned_model: str | None = None  # set when the job succeeded
+    outcome: str = "stopped"  # what the run ended in, for the integrations' runs
 
 
 def output_dir(settings, job_id: str) -> Path:
@@ -193,6 +197,7 @@ class TrainingRun:
         self.keeper: LeaseKeeper | None = None
         self._signal_lock = threading.Lock()
         self._stop_deadline: float | None = None
+        self.integrations: JobIntegrations | None = None
 
     # -- signals to the child ------------------------------------------------------------
     def _ask(self, what: str) -> None:
@@ -248,6 +253,15 @@ class TrainingRun:
                 job.id, gen, code="model_load_failed", message=f"Could not prepare training: {exc}"
             )
             return
+        self.integrations = JobIntegrations.for_job(self.services, self.claim, self.runtime)
+        try:
+            self._run(spec)
+        finally:
+            if self.integrations is not None:
+                self.integrations.close(self.state.fine_tuned_model, self.state.outcome)
+
+    def _run(self, spec: TrainingSpec) -> None:
+        job, gen = self.job, self.claim.generation
         out = Path(spec.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         spec_path = out / "spec.json"
@@ -301,6 +315,8 @@ class TrainingRun:
             watchdog.join()
         if keeper.lost.is_set():
             return
+        if self.integrations is not None:
+            self.integrations.flush()
         self._finish(returncode, spec, metrics_path)
 
     def _record(self, line: dict, started: float) -> None:
@@ -316,13 +332,18 @@ class TrainingRun:
                 total_steps=total,
                 data=data,
                 estimated_finish=self._estimate(step, total, started),
+                tokens_per_second=self._throughput(line),
             )
+            if self.integrations is not None:
+                self.integrations.metrics(step, data)
         elif kind == "checkpoint":
             if line.get("epoch") is not None:
                 path = Path(line["path"])
-                self.runtime.record_checkpoint(
+                name = self.runtime.record_checkpoint(
                     job.id, gen, step=int(line["step"]), metrics=line.get("metrics") or {}, path=str(path)
                 )
+                if self.integrations is not None:
+                    self.integrations.checkpoint(int(line["step"]), name)
         elif kind == "message":
             self.runtime.add_event(job.id, gen, line["message"], level=line.get("level", "info"))
         elif kind == "started":
@@ -339,6 +360,14 @@ class TrainingRun:
             self.state.error = line
         elif kind in ("paused", "cancelled"):
             self.state.stopped = kind
+
+    def _throughput(self, line: dict) -> float | None:
+        """Tokens per second of the step just reported (None for a run's first step: no baseline)."""
+        elapsed, previous = line.get("elapsed_seconds"), self.state.last_elapsed
+        self.state.last_elapsed = elapsed
+        if elapsed is None or previous is None or elapsed <= previous or not line.get("tokens"):
+            return None
+        return round(float(line["tokens"]) / (elapsed - previous), 3)
 
     def _estimate(self, step: int, total: int, started: float) -> int | None:
         times = self.state.step_times
@@ -364,6 +393,8 @@ class TrainingRun:
                 final_step=int(state.result.get("steps", 0)),
                 final_metrics=state.result.get("final_metrics") or {},
             )
+            state.fine_tuned_model = name
+            state.outcome = "succeeded" if name is not None else "stopped"
             if name is None:
                 # Cancelled or paused (perhaps resumed too) while the last step ran, before the
                 # child saw the request: the stop was asked for, so the attempt is given back. A
@@ -371,6 +402,7 @@ class TrainingRun:
                 runtime.finish_stopped(job.id, gen)
             return
         if state.error is not None:
+            state.outcome = "failed"
             runtime.fail(
                 job.id,
                 gen,
@@ -382,6 +414,7 @@ class TrainingRun:
             runtime.requeue(job.id, gen, reason="the worker is shutting down")
             return
         if state.requested in ("cancel", "pause"):
+            state.outcome = "cancelled" if state.requested == "cancel" else "paused"
             # the API already moved the job to cancelled or paused; we only give the lease back
             runtime.finish_stopped(job.id, gen)
             return
