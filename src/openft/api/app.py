@@ -16,6 +16,7 @@ from openft.api import (
     errors,
     files,
     fine_tuning,
+    metrics,
     models,
     uploads,
 )
@@ -69,4 +70,6 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(chat.router, dependencies=[Depends(deps.authenticate)])
     # The dashboard is static and public; it calls the same /v1 API, with the user's key.
     app.include_router(dashboard.router)
+    # /metrics for Prometheus (OPENFT_METRICS_TOKEN protects it), and request latency by route.
+    metrics.install(app, app.state.services)
     return app

@@ -11,6 +11,7 @@ from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
 from openft.services.job_runtime import JobRuntime
 from openft.services.models import ModelService
+from openft.services.operator_metrics import OperatorMetricsService
 from openft.services.organizations import OrganizationService
 from openft.services.projects import ProjectService
 from openft.services.uploads import UploadService
@@ -65,6 +66,7 @@ class Services:
     runtime = service(JobRuntime)
     checkpoint_permissions = service(CheckpointPermissionService)
     webhooks = service(WebhookService)
+    operator_metrics = service(OperatorMetricsService)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
