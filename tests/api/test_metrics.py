@@ -14,12 +14,12 @@ TRAIN = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant",
 
 
 @pytest.fixture
-def settings(tmp_path, monkeypatch) -> Settings:
+def settings(tmp_path, monkeypatch, database_url) -> Settings:
     home = tmp_path / "openft-home"
     monkeypatch.setenv("OPENFT_HOME", str(home))
     return Settings(
         home=home,
-        database_url=f"sqlite:///{home / 'openft.db'}",
+        database_url=database_url,  # the aggregates run on SQLite and PostgreSQL
         base_models={DEFAULT_BASE_MODEL: SMOLLM2_PACKAGE_SOURCE},
         metrics_token="scrape-me",
     )

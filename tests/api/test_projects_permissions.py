@@ -303,9 +303,14 @@ def test_shared_model_answers_chat_and_trains_another_projects_fine_tune(tenants
     assert derived.status == "succeeded", derived.error
     assert derived.model == shared and derived.fine_tuned_model.startswith(f"ft:{BASE}:other::")
 
+    queued = tenants.lab.fine_tuning.jobs.create(model=shared, training_file=lab_file.id, method=method)
     tenants.research.fine_tuning.checkpoints.permissions.delete(
         permission.id, fine_tuned_model_checkpoint=shared
     )
+    # A job that continues the model and had not started yet cannot start once the share is gone.
+    assert Worker(services).run(burst=True) == 2
+    queued = tenants.lab.fine_tuning.jobs.retrieve(queued.id)
+    assert queued.status == "failed" and shared in queued.error.message
     with pytest.raises(openai.NotFoundError) as revoked:
         tenants.lab.chat.completions.create(model=shared, messages=question, max_tokens=3)
     assert revoked.value.code == "model_not_found"
