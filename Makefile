@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[train,test,bench]'
+	$(BIN)/pip install -q -e '.[train,test,bench,integrations]'
 	-scripts/system-packages.sh --test
 	touch $@
 

@@ -53,3 +53,10 @@ class ServerError(OpenFTError):
 
     status_code = 500
     error_type = "server_error"
+
+
+class PermissionDeniedError(OpenFTError):
+    """The caller may see the object but not do this to it, e.g. delete a model shared with it (403)."""
+
+    status_code = 403
+    error_type = "permission_error"

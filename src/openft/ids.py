@@ -72,3 +72,26 @@ def fine_tuned_model_name(base: str, org_slug: str, suffix: str | None, id8: str
 
 def checkpoint_model_name(base: str, org_slug: str, suffix: str | None, id8: str, step: int) -> str:
     return f"{fine_tuned_model_name(base, org_slug, suffix, id8)}:ckpt-step-{step}"
+
+
+def project_id() -> str:
+    return "proj_" + _random(24)
+
+
+def checkpoint_permission_id() -> str:
+    return "cp_" + _random(24)
+
+
+def webhook_endpoint_id() -> str:
+    return "we_" + _random(24)
+
+
+def webhook_event_id() -> str:
+    return "evt_" + _random(24)
+
+
+def webhook_secret() -> str:
+    """Standard Webhooks' secret format: ``whsec_`` and the base64 of 32 random bytes."""
+    import base64
+
+    return "whsec_" + base64.b64encode(secrets.token_bytes(32)).decode()

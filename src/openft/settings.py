@@ -41,6 +41,18 @@ class Settings:
     # Serving
     serving_memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
     allow_remote_without_keys: bool = False
+    # Webhooks: seconds to wait before each retry after a failed attempt (about 27 hours in all, as
+    # Standard Webhooks senders do); an API process delivers unless webhook_delivery is off.
+    webhook_retry_seconds: tuple[float, ...] = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
+    webhook_timeout_seconds: float = 15.0
+    webhook_poll_seconds: float = 1.0
+    webhook_delivery: bool = True
+    # Integrations (on the workers): W&B keys per organization name, else the worker's own W&B
+    # login (WANDB_API_KEY); the MLflow tracking URI, else MLflow's own MLFLOW_TRACKING_URI.
+    wandb_api_keys: dict[str, str] = field(default_factory=dict)
+    mlflow_tracking_uri: str | None = None
+    # /metrics: when set, scrapes must send ``Authorization: Bearer <token>``
+    metrics_token: str | None = None
 
     @property
     def files_dir(self) -> Path:
@@ -88,6 +100,24 @@ class Settings:
             values["default_organization"] = env["OPENFT_ORGANIZATION"]
         if env.get("OPENFT_ALLOW_REMOTE_WITHOUT_KEYS", "").lower() in ("1", "true", "yes"):
             values["allow_remote_without_keys"] = True
+        if "OPENFT_WEBHOOK_RETRY_SECONDS" in env:
+            values["webhook_retry_seconds"] = _float_list(env, "OPENFT_WEBHOOK_RETRY_SECONDS")
+        for name, key in (
+            ("webhook_timeout_seconds", "OPENFT_WEBHOOK_TIMEOUT_SECONDS"),
+            ("webhook_poll_seconds", "OPENFT_WEBHOOK_POLL_SECONDS"),
+        ):
+            if key in env:
+                values[name] = _float(env, key)
+        if env.get("OPENFT_WEBHOOK_DELIVERY", "").lower() in ("0", "false", "no"):
+            values["webhook_delivery"] = False
+        if "OPENFT_WANDB_API_KEYS" in env:
+            values["wandb_api_keys"] = _json_map(env, "OPENFT_WANDB_API_KEYS")
+        if env.get("OPENFT_MLFLOW_TRACKING_URI") or env.get("MLFLOW_TRACKING_URI"):
+            values["mlflow_tracking_uri"] = (
+                env.get("OPENFT_MLFLOW_TRACKING_URI") or env["MLFLOW_TRACKING_URI"]
+            )
+        if env.get("OPENFT_METRICS_TOKEN"):
+            values["metrics_token"] = env["OPENFT_METRICS_TOKEN"]
         values.update(overrides)
         settings = cls(**values)
         settings.validate()
@@ -107,6 +137,12 @@ class Settings:
             )
         if self.max_attempts < 1:
             raise SettingsError("OPENFT_MAX_ATTEMPTS must be at least 1.")
+        if any(delay < 0 for delay in self.webhook_retry_seconds):
+            raise SettingsError("OPENFT_WEBHOOK_RETRY_SECONDS must list delays of 0 seconds or more.")
+        if self.webhook_timeout_seconds <= 0 or self.webhook_poll_seconds <= 0:
+            raise SettingsError(
+                "OPENFT_WEBHOOK_TIMEOUT_SECONDS and OPENFT_WEBHOOK_POLL_SECONDS must be positive."
+            )
 
 
 def _int(env, key: str) -> int:
@@ -121,6 +157,13 @@ def _float(env, key: str) -> float:
         return float(env[key])
     except ValueError:
         raise SettingsError(f"{key} must be a number, got {env[key]!r}.") from None
+
+
+def _float_list(env, key: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in env[key].split(",") if part.strip())
+    except ValueError:
+        raise SettingsError(f"{key} must be comma-separated numbers of seconds, got {env[key]!r}.") from None
 
 
 def _json_map(env, key: str) -> dict[str, str]:

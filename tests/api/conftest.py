@@ -43,6 +43,12 @@ RESPONSE_SCHEMAS: dict[tuple[str, str], str | None] = {
     ("GET", r"/models"): "ListModelsResponse",
     ("GET", r"/models/.+"): "Model",
     ("DELETE", r"/models/.+"): "DeleteModelResponse",
+    ("POST", r"/fine_tuning/checkpoints/.+/permissions"): "ListFineTuningCheckpointPermissionResponse",
+    ("GET", r"/fine_tuning/checkpoints/.+/permissions"): "ListFineTuningCheckpointPermissionResponse",
+    (
+        "DELETE",
+        r"/fine_tuning/checkpoints/.+/permissions/[^/]+",
+    ): "DeleteFineTuningCheckpointPermissionResponse",
     ("POST", r"/chat/completions"): "CreateChatCompletionResponse",  # non-streaming calls only
 }
 
@@ -100,6 +106,29 @@ def _load_spec() -> dict:
     for member in ("code", "message"):
         job["error"]["anyOf"][0]["properties"][member] = {"type": ["string", "null"]}
     job["status"]["enum"] = [*job["status"]["enum"], "paused"]
+    # openft's extension integration {"type": "mlflow", "mlflow": {...}} beside OpenAI's wandb one.
+    wandb_only = schemas["FineTuningIntegration"]
+    schemas["FineTuningIntegration"] = {
+        "anyOf": [
+            wandb_only,
+            {
+                "type": "object",
+                "required": ["type", "mlflow"],
+                "properties": {
+                    "type": {"enum": ["mlflow"]},
+                    "mlflow": {
+                        "type": "object",
+                        "required": ["experiment"],
+                        "properties": {
+                            "experiment": {"type": "string"},
+                            "run_name": {"type": ["string", "null"]},
+                            "tags": {"type": "object", "additionalProperties": {"type": "string"}},
+                        },
+                    },
+                },
+            },
+        ]
+    }
     return spec
 
 

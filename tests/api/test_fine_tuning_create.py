@@ -206,7 +206,13 @@ BAD_REQUESTS = [
     _bad("metadata", metadata={"k": "v" * 513}),
     _bad("metadata", metadata={"k": 1}),
     _bad("integrations", integrations=[{"type": "wandb", "wandb": {"project": "p"}}] * 6),
-    _bad("integrations[0].type", integrations=[{"type": "mlflow", "wandb": {"project": "p"}}]),
+    _bad("integrations[0].type", integrations=[{"type": "neptune", "wandb": {"project": "p"}}]),
+    _bad("integrations[0].mlflow", integrations=[{"type": "mlflow", "wandb": {"project": "p"}}]),
+    _bad("integrations[0].mlflow.experiment", integrations=[{"type": "mlflow", "mlflow": {"run_name": "r"}}]),
+    _bad(
+        "integrations[0].mlflow.tags",
+        integrations=[{"type": "mlflow", "mlflow": {"experiment": "e", "tags": ["x"]}}],
+    ),
     _bad("integrations[0].wandb.project", integrations=[{"type": "wandb", "wandb": {"name": "n"}}]),
     _bad(
         "integrations[0].wandb.tags",

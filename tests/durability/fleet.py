@@ -46,6 +46,9 @@ def process_env(settings: Settings) -> dict[str, str]:
         OPENFT_POLL_SECONDS=str(settings.poll_seconds),
         OPENFT_CHECKPOINT_INTERVAL_SECONDS=str(settings.checkpoint_interval_seconds),
         OPENFT_MAX_ATTEMPTS=str(settings.max_attempts),
+        OPENFT_WEBHOOK_RETRY_SECONDS=",".join(str(s) for s in settings.webhook_retry_seconds),
+        OPENFT_WEBHOOK_TIMEOUT_SECONDS=str(settings.webhook_timeout_seconds),
+        OPENFT_WEBHOOK_POLL_SECONDS=str(settings.webhook_poll_seconds),
         OPENFT_LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
     )

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
-from openft.api import chat, dashboard, deps, errors, files, fine_tuning, models, uploads
+from openft.api import (
+    chat,
+    checkpoint_permissions,
+    dashboard,
+    deps,
+    errors,
+    files,
+    fine_tuning,
+    metrics,
+    models,
+    uploads,
+)
 from openft.services.context import Services
 from openft.services.inference import ServicesModelResolver
+from openft.services.webhooks import WebhookDispatcher
 from openft.serving.engine import InferenceEngine
 from openft.settings import Settings
 
@@ -17,14 +32,32 @@ ROUTERS: list[APIRouter] = [
     files.router,
     uploads.router,
     fine_tuning.router,
+    checkpoint_permissions.router,
     models.router,
 ]
 
 
 def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
     """Build the app. ``services`` defaults to ``Services.build(settings)`` (migrates the database)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # While the server runs it also sends webhooks from the outbox (every replica may: the
+        # deliveries are leased). In-process test clients that never start the app send none.
+        dispatcher = WebhookDispatcher(app.state.services).start() if settings.webhook_delivery else None
+        try:
+            yield
+        finally:
+            if dispatcher is not None:
+                dispatcher.stop()
+
     app = FastAPI(
-        title="openft", version=__version__, openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None
+        title="openft",
+        version=__version__,
+        openapi_url="/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.services = services if services is not None else Services.build(settings)
@@ -37,4 +70,6 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.include_router(chat.router, dependencies=[Depends(deps.authenticate)])
     # The dashboard is static and public; it calls the same /v1 API, with the user's key.
     app.include_router(dashboard.router)
+    # /metrics for Prometheus (OPENFT_METRICS_TOKEN protects it), and request latency by route.
+    metrics.install(app, app.state.services)
     return app

@@ -15,7 +15,7 @@ from openft.serving.request import parse_chat_request
 
 router = APIRouter()
 
-# Used when no auth middleware has set request.state.organization_id (tests, single-user mode).
+# Used when no auth middleware has set request.state.scope (tests, single-user mode).
 DEFAULT_ORGANIZATION = "org-default"
 
 
@@ -28,8 +28,8 @@ async def create_chat_completion(request: Request):
     chat = parse_chat_request(body)
     resolver: ModelResolver = request.app.state.model_resolver
     engine: ChatEngine = request.app.state.inference
-    organization_id = getattr(request.state, "organization_id", None) or DEFAULT_ORGANIZATION
-    model = await run_in_threadpool(resolver.resolve, organization_id, chat.model)
+    owner = getattr(request.state, "scope", None) or DEFAULT_ORGANIZATION
+    model = await run_in_threadpool(resolver.resolve, owner, chat.model)
     generation = await run_in_threadpool(engine.generate, model, chat, background=chat.stream)
     if chat.stream:
         chunks = response.chunks(chat.model, generation, include_usage=chat.include_usage)

@@ -1,4 +1,4 @@
-"""FastAPI dependencies: the Services container and the authenticated caller's organization."""
+"""FastAPI dependencies: the Services container and the authenticated caller's scope."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from starlette.concurrency import run_in_threadpool
 
+from openft.domain.scope import Scope
 from openft.services.context import Services
 
 
@@ -17,18 +18,23 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def authenticate(request: Request, services: ServicesDep) -> str:
-    """Applied to every /v1 router by create_app; sets ``request.state.organization_id``."""
-    organization_id = await run_in_threadpool(
-        services.auth.authenticate, request.headers.get("authorization")
+async def authenticate(request: Request, services: ServicesDep) -> Scope:
+    """Applied to every /v1 router by create_app; sets ``request.state.scope`` (organization and
+    project) and ``request.state.organization_id``."""
+    scope = await run_in_threadpool(
+        services.auth.identify, request.headers.get("authorization"), request.headers.get("openai-project")
     )
-    request.state.organization_id = organization_id
-    return organization_id
+    request.state.scope = scope
+    request.state.organization_id = scope.organization_id
+    return scope
 
 
-def get_organization_id(request: Request) -> str:
-    # authenticate ran first as a router dependency; fall back to it when a route is mounted alone.
-    return request.state.organization_id
+def get_scope(request: Request) -> Scope:
+    # authenticate ran first as a router dependency
+    return request.state.scope
 
 
-OrganizationId = Annotated[str, Depends(get_organization_id)]
+# The caller's scope: every service takes it where it used to take an organization id, so routes
+# pass it on unchanged. ``OrganizationId`` is the name the routes were written with.
+Caller = Annotated[Scope, Depends(get_scope)]
+OrganizationId = Caller

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from openft.cli import client, server
+from openft.cli import client, projects, server, webhooks
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +16,7 @@ def main() -> None:
     """
 
 
-for command in server.COMMANDS + client.COMMANDS:
+for command in server.COMMANDS + client.COMMANDS + projects.COMMANDS + webhooks.COMMANDS:
     main.add_command(command)
 
 

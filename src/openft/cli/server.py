@@ -118,14 +118,25 @@ def keys() -> None:
 
 @keys.command("create")
 @click.option("--organization", "-o", default=None, help="Organization name (created if new).")
-def keys_create(organization: str | None) -> None:
+@click.option(
+    "--project",
+    "-p",
+    default=None,
+    help="Bind the key to this project (created if new): it sees and creates only that project's "
+    "objects. Without it the key is organization-wide and the OpenAI-Project header picks the project.",
+)
+def keys_create(organization: str | None, project: str | None) -> None:
     """Create an API key and print it once. With any key present, every request needs one."""
     from openft.services.context import Services
 
     settings = _settings()
     services = Services.build(settings)
-    key = services.organizations.create_key(organization or settings.default_organization)
+    key = services.organizations.create_key(organization or settings.default_organization, project=project)
     click.echo(key)
+    if project is not None:
+        org = services.organizations.ensure(organization or settings.default_organization)
+        row = services.projects.ensure(org.id, project)
+        click.echo(f"project {row.name}: {row.id} (organization {org.name})", err=True)
 
 
 @click.command()

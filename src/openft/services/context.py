@@ -6,12 +6,16 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar, overload
 
 from openft.services.auth import AuthService
+from openft.services.checkpoint_permissions import CheckpointPermissionService
 from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
 from openft.services.job_runtime import JobRuntime
 from openft.services.models import ModelService
+from openft.services.operator_metrics import OperatorMetricsService
 from openft.services.organizations import OrganizationService
+from openft.services.projects import ProjectService
 from openft.services.uploads import UploadService
+from openft.services.webhooks import WebhookService
 from openft.settings import Settings
 from openft.store.blobs import BlobStore
 from openft.store.db import Database
@@ -53,12 +57,16 @@ class Services:
 
     # One line per service. Each factory takes this Services object.
     organizations = service(OrganizationService)
+    projects = service(ProjectService)
     auth = service(AuthService)
     files = service(FileService)
     uploads = service(UploadService)
     models = service(ModelService)
     fine_tuning = service(FineTuningService)
     runtime = service(JobRuntime)
+    checkpoint_permissions = service(CheckpointPermissionService)
+    webhooks = service(WebhookService)
+    operator_metrics = service(OperatorMetricsService)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -72,4 +80,6 @@ class Services:
         return services
 
     def close(self) -> None:
+        if "webhooks" in self.__dict__:
+            self.webhooks.close()
         self.db.dispose()

@@ -1,4 +1,4 @@
-"""Files: stream uploads into blobs, record them per organization, list, read and delete them."""
+"""Files: stream uploads into blobs, record them per owner (organization and project), list, read, delete."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from openft import ids
+from openft.domain.scope import Owner, Scope
 from openft.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from openft.store import files as store
 from openft.store.blobs import BlobTooLarge
@@ -101,7 +102,7 @@ class FileService:
 
     def create(
         self,
-        organization_id: str,
+        owner: Owner,
         staged: StagedBlob,
         *,
         filename: str,
@@ -116,16 +117,14 @@ class FileService:
             expires_at = expiry(expires_after_anchor, expires_after_seconds, created_at)
             if purpose == "fine-tune" and not self.looks_like_jsonl(staged.key):
                 raise InvalidRequestError(NOT_JSONL, param="file")
-            return self.record(
-                organization_id, staged, filename=filename, purpose=purpose, expires_at=expires_at
-            )
+            return self.record(owner, staged, filename=filename, purpose=purpose, expires_at=expires_at)
         except BaseException:
             self.discard(staged)
             raise
 
     def record(
         self,
-        organization_id: str,
+        owner: Owner,
         staged: StagedBlob,
         *,
         filename: str,
@@ -133,9 +132,11 @@ class FileService:
         expires_at: int | None = None,
     ) -> FileRow:
         """Insert the row for an already-stored blob; its key becomes the file id."""
+        scope = Scope.of(owner)
         row = FileRow(
             id=staged.key,
-            organization_id=organization_id,
+            organization_id=scope.organization_id,
+            project_id=scope.project_id,
             filename=filename,
             purpose=purpose,
             bytes=staged.bytes,
@@ -150,14 +151,14 @@ class FileService:
             session.add(row)
         return row
 
-    def create_from_bytes(self, organization_id: str, filename: str, purpose: str, data: bytes) -> FileRow:
+    def create_from_bytes(self, owner: Owner, filename: str, purpose: str, data: bytes) -> FileRow:
         """Store a file we produced ourselves (result CSVs): any purpose, no format check."""
         check_purpose(purpose, ALL_PURPOSES)
         key = ids.file_id()
         size, sha256 = self.blobs.write(key, [data])
         staged = StagedBlob(key=key, bytes=size, sha256=sha256)
         try:
-            return self.record(organization_id, staged, filename=filename, purpose=purpose)
+            return self.record(owner, staged, filename=filename, purpose=purpose)
         except BaseException:
             self.discard(staged)
             raise
@@ -182,17 +183,17 @@ class FileService:
 
     # -- reading ---------------------------------------------------------------------------------
 
-    def get(self, organization_id: str, file_id: str) -> FileRow:
-        """The file, if it exists, belongs to the organization and has not expired; else NotFoundError."""
+    def get(self, owner: Owner, file_id: str) -> FileRow:
+        """The file, if it exists, belongs to the owner's project and has not expired; else NotFoundError."""
         with self.db.transaction() as session:
-            row = store.get(session, organization_id, file_id, now=int(time.time()))
+            row = store.get(session, Scope.of(owner), file_id, now=int(time.time()))
         if row is None:
             raise not_found(file_id)
         return row
 
     def list(
         self,
-        organization_id: str,
+        owner: Owner,
         *,
         purpose: str | None = None,
         limit: int = 10000,
@@ -203,10 +204,11 @@ class FileService:
             raise InvalidRequestError(
                 f"Invalid value for 'limit': {limit}. It must be between 1 and 10000.", param="limit"
             )
+        scope = Scope.of(owner)
         with self.db.transaction() as session:
             after_pk = None
             if after is not None:
-                after_pk = store.pk_of(session, organization_id, after)
+                after_pk = store.pk_of(session, scope, after)
                 if after_pk is None:
                     raise InvalidRequestError(
                         f"Invalid value for 'after': {after!r} is not a file of yours. Pass the id of the last "
@@ -215,7 +217,7 @@ class FileService:
                     )
             return store.page(
                 session,
-                organization_id,
+                scope,
                 now=int(time.time()),
                 limit=limit,
                 order=order,
@@ -226,16 +228,16 @@ class FileService:
     def local_path(self, row: FileRow) -> Path:
         return self.blobs.path(row.blob_key)
 
-    def content(self, organization_id: str, file_id: str) -> Iterator[bytes]:
-        row = self.get(organization_id, file_id)
+    def content(self, owner: Owner, file_id: str) -> Iterator[bytes]:
+        row = self.get(owner, file_id)
         return self.blobs.read_chunks(row.blob_key)
 
     # -- deleting --------------------------------------------------------------------------------
 
-    def delete(self, organization_id: str, file_id: str) -> None:
-        row = self.get(organization_id, file_id)
+    def delete(self, owner: Owner, file_id: str) -> None:
+        row = self.get(owner, file_id)
         with self.db.transaction() as session:
-            if not store.delete_row(session, organization_id, file_id):
+            if not store.delete_row(session, Scope.of(owner), file_id):
                 raise not_found(file_id)
         # After the commit: a crash here leaves an orphan blob, never a row without its bytes.
         self.blobs.delete(row.blob_key)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from openft import ids
 from openft.domain import hyperparameters as hp_rules
 from openft.domain.lifecycle import TERMINAL, JobStatus, can_transition
+from openft.domain.scope import Owner, Scope
 from openft.errors import InvalidRequestError, NotFoundError
 from openft.store import jobs as store
 from openft.store.tables import JobCheckpointRow, JobEventRow, JobRow
@@ -63,7 +64,7 @@ class FineTuningService:
 
     def create(
         self,
-        organization_id: str,
+        owner: Owner,
         *,
         model: Any,
         training_file: Any,
@@ -79,10 +80,11 @@ class FineTuningService:
         job in ``validating_files`` with its first two events, in one transaction."""
         if not isinstance(model, str) or not model:
             raise InvalidRequestError("model must be a non-empty string naming a base model.", param="model")
-        target = self.services.models.resolve_for_fine_tuning(organization_id, model)
-        self._check_file(organization_id, training_file, "training_file")
+        scope = Scope.of(owner)
+        target = self.services.models.resolve_for_fine_tuning(scope, model)
+        self._check_file(scope, training_file, "training_file")
         if validation_file is not None:
-            self._check_file(organization_id, validation_file, "validation_file")
+            self._check_file(scope, validation_file, "validation_file")
         suffix = _check_suffix(suffix)
         seed = _check_seed(seed)
         metadata = _check_metadata(metadata)
@@ -92,7 +94,8 @@ class FineTuningService:
         job_id = ids.job_id()
         row = JobRow(
             id=job_id,
-            organization_id=organization_id,
+            organization_id=scope.organization_id,
+            project_id=scope.project_id,
             created_at=store.now(),
             status=JobStatus.VALIDATING_FILES.value,
             model=target.model,
@@ -120,13 +123,13 @@ class FineTuningService:
             store.add_event(session, job_id, validating, data={})
         return row
 
-    def _check_file(self, organization_id: str, file_id: Any, param: str) -> None:
+    def _check_file(self, owner: Scope, file_id: Any, param: str) -> None:
         if not isinstance(file_id, str) or not file_id:
             raise InvalidRequestError(
                 f"invalid {param}: {file_id!r}. Pass the id of an uploaded file.", param=param
             )
         try:
-            file = self.services.files.get(organization_id, file_id)
+            file = self.services.files.get(owner, file_id)
         except NotFoundError:
             raise InvalidRequestError(f"invalid {param}: {file_id}", param=param) from None
         if file.purpose != FILE_PURPOSE:
@@ -138,25 +141,26 @@ class FineTuningService:
 
     # -- read ------------------------------------------------------------------------------
 
-    def retrieve(self, organization_id: str, job_id: str) -> JobRow:
+    def retrieve(self, owner: Owner, job_id: str) -> JobRow:
         with self.db.transaction() as session:
-            row = store.get_job(session, job_id, organization_id)
+            row = store.get_job(session, job_id, Scope.of(owner))
         if row is None:
             raise job_not_found(job_id)
         return row
 
     def list(
         self,
-        organization_id: str,
+        owner: Owner,
         *,
         after: str | None = None,
         limit: int | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> Page[JobRow]:
+        scope = Scope.of(owner)
         with self.db.transaction() as session:
             after_pk = None
             if after:
-                after_pk = store.job_pk(session, organization_id, after)
+                after_pk = store.job_pk(session, scope, after)
                 if after_pk is None:
                     raise InvalidRequestError(
                         f"after={after} is not one of your fine-tuning jobs; pass the id of the last job of "
@@ -165,7 +169,7 @@ class FineTuningService:
                     )
             rows, has_more = store.list_jobs(
                 session,
-                organization_id,
+                scope,
                 after_pk=after_pk,
                 limit=clamp_limit(limit, 20),
                 metadata=dict(metadata or {}),
@@ -173,10 +177,10 @@ class FineTuningService:
         return Page(rows, has_more)
 
     def list_events(
-        self, organization_id: str, job_id: str, *, after: str | None = None, limit: int | None = None
+        self, owner: Owner, job_id: str, *, after: str | None = None, limit: int | None = None
     ) -> Page[JobEventRow]:
         with self.db.transaction() as session:
-            if store.get_job(session, job_id, organization_id) is None:
+            if store.get_job(session, job_id, Scope.of(owner)) is None:
                 raise job_not_found(job_id)
             after_pk = _cursor(
                 store.event_pk(session, job_id, after) if after else None, after, job_id, "event"
@@ -187,10 +191,10 @@ class FineTuningService:
         return Page(rows, has_more)
 
     def list_checkpoints(
-        self, organization_id: str, job_id: str, *, after: str | None = None, limit: int | None = None
+        self, owner: Owner, job_id: str, *, after: str | None = None, limit: int | None = None
     ) -> Page[JobCheckpointRow]:
         with self.db.transaction() as session:
-            if store.get_job(session, job_id, organization_id) is None:
+            if store.get_job(session, job_id, Scope.of(owner)) is None:
                 raise job_not_found(job_id)
             after_pk = _cursor(
                 store.checkpoint_pk(session, job_id, after) if after else None, after, job_id, "checkpoint"
@@ -202,22 +206,22 @@ class FineTuningService:
 
     # -- status changes --------------------------------------------------------------------
 
-    def cancel(self, organization_id: str, job_id: str) -> JobRow:
-        return self._move(organization_id, job_id, "cancel", JobStatus.CANCELLED)
+    def cancel(self, owner: Owner, job_id: str) -> JobRow:
+        return self._move(owner, job_id, "cancel", JobStatus.CANCELLED)
 
-    def pause(self, organization_id: str, job_id: str) -> JobRow:
-        return self._move(organization_id, job_id, "pause", JobStatus.PAUSED)
+    def pause(self, owner: Owner, job_id: str) -> JobRow:
+        return self._move(owner, job_id, "pause", JobStatus.PAUSED)
 
-    def resume(self, organization_id: str, job_id: str) -> JobRow:
-        return self._move(organization_id, job_id, "resume", JobStatus.QUEUED)
+    def resume(self, owner: Owner, job_id: str) -> JobRow:
+        return self._move(owner, job_id, "resume", JobStatus.QUEUED)
 
-    def _move(self, organization_id: str, job_id: str, action: str, target: JobStatus) -> JobRow:
+    def _move(self, owner: Owner, job_id: str, action: str, target: JobStatus) -> JobRow:
         sources = ACTION_SOURCES[action]
         # Compare-and-set: a worker may move the job between our read and our write (on
         # PostgreSQL); then re-read and answer from the state the job is really in.
         while True:
             with self.db.transaction() as session:
-                row = store.get_job(session, job_id, organization_id)
+                row = store.get_job(session, job_id, Scope.of(owner))
                 if row is None:
                     raise job_not_found(job_id)
                 current = JobStatus(row.status)
@@ -333,9 +337,13 @@ def _check_integrations(integrations: Any) -> list[dict[str, Any]]:
     out = []
     for i, item in enumerate(integrations):
         param = f"integrations[{i}]"
+        if isinstance(item, dict) and item.get("type") == "mlflow":
+            out.append(_check_mlflow(item.get("mlflow"), param))
+            continue
         if not isinstance(item, dict) or item.get("type") != "wandb":
             raise InvalidRequestError(
-                f"{param}.type must be 'wandb', the only integration supported.", param=f"{param}.type"
+                f"{param}.type must be 'wandb' (Weights & Biases) or 'mlflow' (an openft extension).",
+                param=f"{param}.type",
             )
         wandb = item.get("wandb")
         if not isinstance(wandb, dict):
@@ -375,6 +383,37 @@ def _check_integrations(integrations: Any) -> list[dict[str, Any]]:
             }
         )
     return out
+
+
+def _check_mlflow(mlflow: Any, param: str) -> dict[str, Any]:
+    """openft's extension ``{"type": "mlflow", "mlflow": {"experiment", "run_name", "tags"}}``: the
+    run goes to the operator's tracking server, in ``experiment`` (created if new)."""
+    if not isinstance(mlflow, dict):
+        raise InvalidRequestError(
+            f"{param}.mlflow must be an object with an 'experiment'.", param=f"{param}.mlflow"
+        )
+    experiment = mlflow.get("experiment")
+    if not isinstance(experiment, str) or not experiment:
+        raise InvalidRequestError(
+            f"{param}.mlflow.experiment is required: the MLflow experiment to log to.",
+            param=f"{param}.mlflow.experiment",
+        )
+    run_name = mlflow.get("run_name")
+    if run_name is not None and not isinstance(run_name, str):
+        raise InvalidRequestError(
+            f"{param}.mlflow.run_name must be a string or null.", param=f"{param}.mlflow.run_name"
+        )
+    tags = mlflow.get("tags") or {}
+    if (
+        not isinstance(tags, dict)
+        or len(tags) > MAX_WANDB_TAGS
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items())
+    ):
+        raise InvalidRequestError(
+            f"{param}.mlflow.tags must be an object of at most {MAX_WANDB_TAGS} string keys and string values.",
+            param=f"{param}.mlflow.tags",
+        )
+    return {"type": "mlflow", "mlflow": {"experiment": experiment, "run_name": run_name, "tags": dict(tags)}}
 
 
 def _check_method(method: Any, top_level: Any) -> tuple[str, dict[str, Any]]:

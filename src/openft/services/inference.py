@@ -8,14 +8,14 @@ from openft.serving.protocols import ResolvedModel
 
 
 class ServicesModelResolver:
-    """The serving layer's ``ModelResolver`` over the Models service: the caller's organization
-    decides what it may see; base models are materialized (GGUF → safetensors) on first use."""
+    """The serving layer's ``ModelResolver`` over the Models service: the caller's organization and
+    project decide what it may see (its own models and those shared with it); base models are materialized (GGUF → safetensors) on first use."""
 
     def __init__(self, services) -> None:
         self.services = services
 
-    def resolve(self, organization_id: str, model: str) -> ResolvedModel:
-        base_name, artifact = self.services.models.resolve_for_inference(organization_id, model)
+    def resolve(self, owner, model: str) -> ResolvedModel:
+        base_name, artifact = self.services.models.resolve_for_inference(owner, model)
         # Lazy: the registry's conversion path imports transformers, which the API only pays for
         # on its first chat request.
         from openft.training.base_models import BaseModelRegistry

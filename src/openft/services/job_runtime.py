@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import case, or_, select, update
+from sqlalchemy import case, func, or_, select, update
 
 from openft import ids
 from openft.domain.lifecycle import JobStatus
+from openft.domain.scope import Scope
 from openft.store import jobs as store
+from openft.store import webhooks
 from openft.store.tables import JobCheckpointRow, JobRow, ModelRow
 
 if TYPE_CHECKING:
@@ -57,6 +59,12 @@ class JobSnapshot:
     stats: dict[str, Any] | None
     attempts: int
     created_at: int
+    project_id: str | None = None
+
+    @property
+    def owner(self) -> Scope:
+        """The job's organization and project: what its files and models are looked up under."""
+        return Scope(self.organization_id, self.project_id)
 
     @classmethod
     def of(cls, row: JobRow) -> JobSnapshot:
@@ -76,6 +84,7 @@ class JobSnapshot:
             stats=dict(row.stats) if row.stats is not None else None,
             attempts=row.attempts,
             created_at=row.created_at,
+            project_id=row.project_id,
         )
 
 
@@ -140,6 +149,9 @@ class JobRuntime:
                 lease_expires_at=now + lease_seconds,
                 status=case((starting, JobStatus.RUNNING.value), else_=JobRow.status),
                 attempts=case((starting, JobRow.attempts + 1), else_=JobRow.attempts),
+                started_at=case(
+                    (starting, func.coalesce(JobRow.started_at, int(now))), else_=JobRow.started_at
+                ),
             )
             .returning(JobRow.id, JobRow.status, JobRow.lease_generation, JobRow.attempts)
             .execution_options(synchronize_session=False)
@@ -238,6 +250,8 @@ class JobRuntime:
                 )
                 if result.rowcount != 1:
                     continue  # a heartbeat renewed it, or the API moved it, meanwhile
+                if target is JobStatus.FAILED:
+                    webhooks.enqueue_job_event(session, job_id, target)
                 level = "error" if target is JobStatus.FAILED else "warn"
                 store.add_event(session, job_id, message, level=level, data={})
                 moved.append(job_id)
@@ -274,11 +288,13 @@ class JobRuntime:
         total_steps: int,
         data: dict[str, Any],
         estimated_finish: int | None,
+        tokens_per_second: float | None = None,
     ) -> bool:
+        progress: dict[str, Any] = {"estimated_finish": estimated_finish}
+        if tokens_per_second is not None:
+            progress["tokens_per_second"] = tokens_per_second
         with self.db.transaction() as session:
-            if not store.fenced_update(
-                session, job_id, generation, unfinished=True, estimated_finish=estimated_finish
-            ):
+            if not store.fenced_update(session, job_id, generation, unfinished=True, **progress):
                 return False
             store.add_event(
                 session,
@@ -333,6 +349,7 @@ class JobRuntime:
                 generation=generation,
                 hyperparameters=hyperparameters,
                 stats=stats,
+                queued_at=store.now(),
                 **_RELEASED,
             )
             if not moved:
@@ -423,11 +440,11 @@ class JobRuntime:
                 # Cancelled or paused by the API while the last step ran: give the lease back.
                 store.fenced_update(session, job_id, generation, **_RELEASED)
                 return None
-            organization_id = job.organization_id
+            owner = Scope(job.organization_id, job.project_id)
         # The file service writes in a transaction of its own: on SQLite a second writer inside
         # ours would wait on our own lock, so the file comes first and is removed if we lose.
         result_file = self.services.files.create_from_bytes(
-            organization_id, RESULT_FILENAME, RESULT_PURPOSE, base64.b64encode(result_csv)
+            owner, RESULT_FILENAME, RESULT_PURPOSE, base64.b64encode(result_csv)
         )
         name = self._finish_success(
             job_id,
@@ -439,7 +456,7 @@ class JobRuntime:
             final_metrics=final_metrics,
         )
         if name is None:
-            self._discard_file(organization_id, result_file.id)
+            self._discard_file(owner, result_file.id)
         return name
 
     def _finish_success(
@@ -497,6 +514,7 @@ class JobRuntime:
                 ModelRow(
                     id=name,
                     organization_id=job.organization_id,
+                    project_id=job.project_id,
                     job_id=job_id,
                     kind="fine_tune",
                     base_model=job.base_model,
@@ -549,6 +567,7 @@ class JobRuntime:
                 ModelRow(
                     id=name,
                     organization_id=job.organization_id,
+                    project_id=job.project_id,
                     job_id=job.id,
                     kind="checkpoint",
                     base_model=job.base_model,
@@ -562,8 +581,8 @@ class JobRuntime:
         for old in store.checkpoints_by_step(session, job_id)[KEEP_CHECKPOINTS:]:
             store.delete_checkpoint(session, old)
 
-    def _discard_file(self, organization_id: str, file_id: str) -> None:
+    def _discard_file(self, owner: Scope, file_id: str) -> None:
         try:
-            self.services.files.delete(organization_id, file_id)
+            self.services.files.delete(owner, file_id)
         except Exception:  # an orphan result file is harmless; never turn a lost race into a crash
             log.exception("could not remove result file %s of a job that did not succeed", file_id)

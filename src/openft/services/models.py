@@ -1,4 +1,5 @@
-"""Models: the configured base models and aliases, plus each organization's fine-tuned models."""
+"""Models: the configured base models and aliases, each project's fine-tuned models, and those shared
+with it (usable, never deletable, by the projects they are shared with)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 
-from openft.errors import InvalidRequestError, NotFoundError
+from openft.domain.scope import Owner, Scope
+from openft.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
 from openft.store import jobs as store
+from openft.store import projects as project_store
 from openft.store.tables import JobCheckpointRow, ModelRow
 
 if TYPE_CHECKING:
@@ -55,14 +58,15 @@ class ModelService:
             return name
         return self.settings.model_aliases.get(name)
 
-    def resolve_for_fine_tuning(self, organization_id: str, name: str) -> FineTuningTarget:
-        """A base name or alias trains that base; an ``ft:`` model of the caller continues it."""
+    def resolve_for_fine_tuning(self, owner: Owner, name: str) -> FineTuningTarget:
+        """A base name or alias trains that base; an ``ft:`` model of the caller's project, or one
+        shared with it, continues it."""
         base = self.base_name(name)
         if base is not None:
             return FineTuningTarget(model=base, base_model=base)
         with self.db.transaction() as session:
-            row = store.get_model(session, name)
-        if row is not None and row.organization_id == organization_id:
+            row = self._usable(session, Scope.of(owner), name)
+        if row is not None:
             return FineTuningTarget(model=name, base_model=row.base_model, parent_model=name)
         raise InvalidRequestError(
             f"Model {name} is not available for fine-tuning or does not exist. Available base models: "
@@ -71,17 +75,18 @@ class ModelService:
             code="model_not_available",
         )
 
-    def resolve_for_inference(self, organization_id: str, name: str) -> tuple[str, Path | None]:
+    def resolve_for_inference(self, owner: Owner, name: str) -> tuple[str, Path | None]:
         """``(base model name, artifact directory)``; the directory is None for a base model or alias.
 
-        Raises ``NotFoundError`` (code ``model_not_found``) for unknown or foreign names.
+        Raises ``NotFoundError`` (code ``model_not_found``) for unknown or foreign names, and for
+        shared ones whose permission was revoked: access is checked on every call.
         """
         base = self.base_name(name)
         if base is not None:
             return base, None
         with self.db.transaction() as session:
-            row = store.get_model(session, name)
-        if row is None or row.organization_id != organization_id:
+            row = self._usable(session, Scope.of(owner), name)
+        if row is None:
             raise model_not_found(name)
         return row.base_model, self.artifact_dir(row.path)
 
@@ -91,27 +96,32 @@ class ModelService:
 
     # -- the Models API --------------------------------------------------------------------
 
-    def list(self, organization_id: str) -> list[ModelInfo]:
-        """Base models and aliases first (owned by ``system``), then the caller's models, oldest first."""
+    def list(self, owner: Owner) -> list[ModelInfo]:
+        """Base models and aliases first (owned by ``system``), then the project's models, oldest
+        first, then the models shared with it (``owned_by`` their owner's organization)."""
+        scope = Scope.of(owner)
         out = [ModelInfo(name, self._base_created(name), SYSTEM_OWNER) for name in self._public_base_names()]
         with self.db.transaction() as session:
-            owner = store.org_slug(session, organization_id)
-            rows = store.list_models(session, organization_id)
-        out.extend(ModelInfo(row.id, row.created_at, owner) for row in rows)
+            rows = store.list_models(session, scope) + project_store.shared_models(session, scope)
+            out.extend(
+                ModelInfo(row.id, row.created_at, store.org_slug(session, row.organization_id))
+                for row in rows
+            )
         return out
 
-    def retrieve(self, organization_id: str, name: str) -> ModelInfo:
+    def retrieve(self, owner: Owner, name: str) -> ModelInfo:
         base = self.base_name(name)
         if base is not None:
             return ModelInfo(name, self._base_created(base), SYSTEM_OWNER)
         with self.db.transaction() as session:
-            row = store.get_model(session, name)
-            if row is None or row.organization_id != organization_id:
+            row = self._usable(session, Scope.of(owner), name)
+            if row is None:
                 raise model_not_found(name)
-            return ModelInfo(row.id, row.created_at, store.org_slug(session, organization_id))
+            return ModelInfo(row.id, row.created_at, store.org_slug(session, row.organization_id))
 
-    def delete(self, organization_id: str, name: str) -> str:
-        """Delete one of the caller's ``ft:`` models (with its checkpoints) or one checkpoint.
+    def delete(self, owner: Owner, name: str) -> str:
+        """Delete one of the caller's ``ft:`` models (with its checkpoints) or one checkpoint; the
+        projects it was shared with lose it at once, and cannot delete it themselves.
 
         Rows go first, in one transaction; the artifact directories after it commits, so a failure
         to remove files never leaves a listed model without weights.
@@ -124,9 +134,19 @@ class ModelService:
                 code="model_not_deletable",
             )
         paths: list[str] = []
+        scope = Scope.of(owner)
         with self.db.transaction() as session:
             row = store.get_model(session, name)
-            if row is None or row.organization_id != organization_id:
+            if row is None:
+                raise model_not_found(name)
+            if not scope.owns(row.organization_id, row.project_id):
+                if project_store.is_shared_with(session, row.id, scope):
+                    raise PermissionDeniedError(
+                        f"The model '{name}' is shared with your project by its owner; you can use it for chat "
+                        "completions and fine-tuning, but only the project that owns it can delete it.",
+                        param="model",
+                        code="model_not_deletable",
+                    )
                 raise model_not_found(name)
             paths.append(row.path)
             if row.kind == "fine_tune":
@@ -135,6 +155,7 @@ class ModelService:
                     select(ModelRow).where(ModelRow.job_id == row.job_id, ModelRow.kind == "checkpoint")
                 ).all()
                 paths.extend(c.path for c in checkpoints)
+                store.delete_permissions(session, [c.id for c in checkpoints])
                 session.execute(
                     delete(ModelRow).where(ModelRow.job_id == row.job_id, ModelRow.kind == "checkpoint")
                 )
@@ -143,12 +164,24 @@ class ModelService:
                 session.execute(
                     delete(JobCheckpointRow).where(JobCheckpointRow.fine_tuned_model_checkpoint == row.id)
                 )
+            store.delete_permissions(session, [row.id])
             session.execute(delete(ModelRow).where(ModelRow.pk == row.pk))
         for path in paths:
             self._remove_artifacts(path)
         return name
 
     # -- internals -------------------------------------------------------------------------
+
+    def _usable(self, session, scope: Scope, name: str) -> ModelRow | None:
+        """The model, if the scope's project owns it or it is shared with that project."""
+        row = store.get_model(session, name)
+        if row is None:
+            return None
+        if scope.owns(row.organization_id, row.project_id) or project_store.is_shared_with(
+            session, row.id, scope
+        ):
+            return row
+        return None
 
     def _public_base_names(self) -> list[str]:
         return [*self.settings.base_models, *self.settings.model_aliases]

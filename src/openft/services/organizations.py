@@ -22,6 +22,7 @@ def hash_key(key: str) -> str:
 
 class OrganizationService:
     def __init__(self, services: Services) -> None:
+        self.services = services
         self.db = services.db
         self.default_name = ids.slug(services.settings.default_organization)
 
@@ -56,14 +57,23 @@ class OrganizationService:
         with self.db.transaction() as session:
             return store.any_key(session)
 
-    def create_key(self, org_name: str, *, key_name: str | None = None) -> str:
-        """Mint an API key for ``org_name`` (created if needed). Only its sha256 is stored: show it once."""
+    def create_key(self, org_name: str, *, key_name: str | None = None, project: str | None = None) -> str:
+        """Mint an API key for ``org_name`` (created if needed). Only its sha256 is stored: show it once.
+
+        With ``project`` (a name, created if needed) the key acts in that project only; without, it
+        is organization-wide and the ``OpenAI-Project`` header picks the project (default: ``default``).
+        """
         org = self.ensure(org_name)
+        project_id = self.services.projects.ensure(org.id, project).id if project is not None else None
         key = ids.api_key()
         with self.db.transaction() as session:
             session.add(
                 ApiKeyRow(
-                    key_hash=hash_key(key), organization_id=org.id, name=key_name, created_at=int(time.time())
+                    key_hash=hash_key(key),
+                    organization_id=org.id,
+                    project_id=project_id,
+                    name=key_name,
+                    created_at=int(time.time()),
                 )
             )
         return key

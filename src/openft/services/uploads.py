@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from openft import ids
+from openft.domain.scope import Owner, Scope
 from openft.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from openft.services.files import NOT_JSONL, StagedBlob, check_purpose, expiry
 from openft.store import files as file_store
@@ -46,7 +47,7 @@ class UploadService:
 
     def create(
         self,
-        organization_id: str,
+        owner: Owner,
         *,
         filename: str,
         purpose: str,
@@ -67,9 +68,11 @@ class UploadService:
         now = int(time.time())
         # Validated now so the caller learns at once; the expiry applies to the completed file.
         expiry(expires_after_anchor, expires_after_seconds, now)
+        scope = Scope.of(owner)
         row = UploadRow(
             id=ids.upload_id(),
-            organization_id=organization_id,
+            organization_id=scope.organization_id,
+            project_id=scope.project_id,
             filename=filename,
             purpose=purpose,
             bytes=bytes,
@@ -83,17 +86,18 @@ class UploadService:
             session.add(row)
         return UploadView(row, "pending")
 
-    def get(self, organization_id: str, upload_id: str) -> UploadView:
+    def get(self, owner: Owner, upload_id: str) -> UploadView:
+        scope = Scope.of(owner)
         with self.db.transaction() as session:
-            row = store.get(session, organization_id, upload_id)
+            row = store.get(session, scope, upload_id)
             if row is None:
                 raise NotFoundError(f"No such Upload object: {upload_id}", param="upload_id")
-            file = file_store.get(session, organization_id, row.file_id, now=0) if row.file_id else None
+            file = file_store.get(session, scope, row.file_id, now=0) if row.file_id else None
         return UploadView(row, _status(row, int(time.time())), file)
 
-    def check_open(self, organization_id: str, upload_id: str) -> UploadRow:
+    def check_open(self, owner: Owner, upload_id: str) -> UploadRow:
         """The upload, if it still accepts parts and completion; else a 400 saying why."""
-        view = self.get(organization_id, upload_id)
+        view = self.get(owner, upload_id)
         if view.status != "pending":
             hint = {
                 "expired": "Uploads expire one hour after creation; create a new one.",
@@ -123,9 +127,9 @@ class UploadService:
     def discard(self, staged: StagedBlob) -> None:
         self.blobs.delete(staged.key)
 
-    def add_part(self, organization_id: str, upload_id: str, staged: StagedBlob) -> UploadPartRow:
+    def add_part(self, owner: Owner, upload_id: str, staged: StagedBlob) -> UploadPartRow:
         try:
-            self.check_open(organization_id, upload_id)
+            self.check_open(owner, upload_id)
             part = UploadPartRow(
                 id=staged.key,
                 upload_id=upload_id,
@@ -143,9 +147,9 @@ class UploadService:
     # -- complete and cancel ---------------------------------------------------------------------
 
     def complete(
-        self, organization_id: str, upload_id: str, part_ids: list[str], md5: str | None = None
+        self, owner: Owner, upload_id: str, part_ids: list[str], md5: str | None = None
     ) -> UploadView:
-        upload = self.check_open(organization_id, upload_id)
+        upload = self.check_open(owner, upload_id)
         with self.db.transaction() as session:
             by_id = {part.id: part for part in store.parts(session, upload_id)}
         ordered = self._ordered_parts(upload, by_id, part_ids)
@@ -175,7 +179,8 @@ class UploadService:
             now = int(time.time())
             file = FileRow(
                 id=key,
-                organization_id=organization_id,
+                organization_id=upload.organization_id,
+                project_id=upload.project_id,
                 filename=upload.filename,
                 purpose=upload.purpose,
                 bytes=size,
@@ -228,8 +233,8 @@ class UploadService:
             )
         return ordered
 
-    def cancel(self, organization_id: str, upload_id: str) -> UploadView:
-        upload = self.check_open(organization_id, upload_id)
+    def cancel(self, owner: Owner, upload_id: str) -> UploadView:
+        upload = self.check_open(owner, upload_id)
         with self.db.transaction() as session:
             if not store.set_status(session, upload_id, expected="pending", status="cancelled"):
                 raise InvalidRequestError(

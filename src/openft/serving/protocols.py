@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from openft.errors import NotFoundError
 
@@ -29,8 +29,9 @@ class ResolvedModel:
 
 
 class ModelResolver(Protocol):
-    def resolve(self, organization_id: str, model: str) -> ResolvedModel:
-        """Return the weights for ``model`` as seen by the organization; raise ``NotFoundError`` if none."""
+    def resolve(self, owner: Any, model: str) -> ResolvedModel:
+        """Return the weights for ``model`` as the caller (its ``Scope``: organization and project)
+        may use them; raise ``NotFoundError`` if none."""
         ...
 
 
@@ -82,7 +83,7 @@ class StaticModelResolver:
     def __init__(self, models: Mapping[str, ResolvedModel]) -> None:
         self._models = dict(models)
 
-    def resolve(self, organization_id: str, model: str) -> ResolvedModel:
+    def resolve(self, owner: Any, model: str) -> ResolvedModel:
         try:
             return self._models[model]
         except KeyError:

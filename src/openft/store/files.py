@@ -1,4 +1,4 @@
-"""Queries on file rows: by id within an organization, and newest-first cursor pages."""
+"""Queries on file rows: by id within an owner's scope, and newest-first cursor pages."""
 
 from __future__ import annotations
 
@@ -7,23 +7,22 @@ from typing import Literal
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
+from openft.domain.scope import Scope
+from openft.store.ownership import owned_by
 from openft.store.tables import FileRow
 
 
-def _visible(organization_id: str, now: int):
-    return (
-        FileRow.organization_id == organization_id,
-        or_(FileRow.expires_at.is_(None), FileRow.expires_at > now),
-    )
+def _visible(scope: Scope, now: int):
+    return (*owned_by(FileRow, scope), or_(FileRow.expires_at.is_(None), FileRow.expires_at > now))
 
 
-def get(session: Session, organization_id: str, file_id: str, *, now: int) -> FileRow | None:
-    return session.scalar(select(FileRow).where(FileRow.id == file_id, *_visible(organization_id, now)))
+def get(session: Session, scope: Scope, file_id: str, *, now: int) -> FileRow | None:
+    return session.scalar(select(FileRow).where(FileRow.id == file_id, *_visible(scope, now)))
 
 
 def page(
     session: Session,
-    organization_id: str,
+    scope: Scope,
     *,
     now: int,
     limit: int,
@@ -32,7 +31,7 @@ def page(
     purpose: str | None = None,
 ) -> tuple[list[FileRow], bool]:
     """Up to ``limit`` rows after the cursor, and whether more follow. Ordered by pk, never by id."""
-    query = select(FileRow).where(*_visible(organization_id, now))
+    query = select(FileRow).where(*_visible(scope, now))
     if purpose is not None:
         query = query.where(FileRow.purpose == purpose)
     if after_pk is not None:
@@ -42,14 +41,10 @@ def page(
     return rows[:limit], len(rows) > limit
 
 
-def pk_of(session: Session, organization_id: str, file_id: str) -> int | None:
-    return session.scalar(
-        select(FileRow.pk).where(FileRow.id == file_id, FileRow.organization_id == organization_id)
-    )
+def pk_of(session: Session, scope: Scope, file_id: str) -> int | None:
+    return session.scalar(select(FileRow.pk).where(FileRow.id == file_id, *owned_by(FileRow, scope)))
 
 
-def delete_row(session: Session, organization_id: str, file_id: str) -> bool:
-    result = session.execute(
-        delete(FileRow).where(FileRow.id == file_id, FileRow.organization_id == organization_id)
-    )
+def delete_row(session: Session, scope: Scope, file_id: str) -> bool:
+    result = session.execute(delete(FileRow).where(FileRow.id == file_id, *owned_by(FileRow, scope)))
     return result.rowcount > 0

@@ -10,17 +10,28 @@ from sqlalchemy.orm import Session
 
 from openft import ids
 from openft.domain.lifecycle import TERMINAL, JobStatus, transition
-from openft.store.tables import JobCheckpointRow, JobEventRow, JobRow, ModelRow, OrganizationRow
+from openft.domain.scope import Scope
+from openft.store import webhooks
+from openft.store.ownership import owned_by
+from openft.store.tables import (
+    CheckpointPermissionRow,
+    JobCheckpointRow,
+    JobEventRow,
+    JobRow,
+    ModelRow,
+    OrganizationRow,
+)
 
 
 def now() -> int:
     return int(time.time())
 
 
-def get_job(session: Session, job_id: str, organization_id: str | None = None) -> JobRow | None:
+def get_job(session: Session, job_id: str, scope: Scope | None = None) -> JobRow | None:
+    """The job; with ``scope``, only if it belongs to that organization and project."""
     query = select(JobRow).where(JobRow.id == job_id)
-    if organization_id is not None:
-        query = query.where(JobRow.organization_id == organization_id)
+    if scope is not None:
+        query = query.where(*owned_by(JobRow, scope))
     return session.scalar(query)
 
 
@@ -38,16 +49,14 @@ def _page(session: Session, query, table, after_pk: int | None, limit: int) -> t
     return rows[:limit], len(rows) > limit
 
 
-def job_pk(session: Session, organization_id: str, job_id: str) -> int | None:
-    return session.scalar(
-        select(JobRow.pk).where(JobRow.organization_id == organization_id, JobRow.id == job_id)
-    )
+def job_pk(session: Session, scope: Scope, job_id: str) -> int | None:
+    return session.scalar(select(JobRow.pk).where(*owned_by(JobRow, scope), JobRow.id == job_id))
 
 
 def list_jobs(
-    session: Session, organization_id: str, *, after_pk: int | None, limit: int, metadata: dict[str, str]
+    session: Session, scope: Scope, *, after_pk: int | None, limit: int, metadata: dict[str, str]
 ) -> tuple[list[JobRow], bool]:
-    query = select(JobRow).where(JobRow.organization_id == organization_id)
+    query = select(JobRow).where(*owned_by(JobRow, scope))
     for key, value in metadata.items():
         query = query.where(JobRow.job_metadata[key].as_string() == value)
     return _page(session, query, JobRow, after_pk, limit)
@@ -128,13 +137,19 @@ def compare_and_set(
     **values: Any,
 ) -> bool:
     """Move a job from ``expected`` to ``target`` (if the lifecycle allows it) only if it is still
-    in ``expected`` and, for a worker, still leased under ``generation``. Returns whether it moved."""
+    in ``expected`` and, for a worker, still leased under ``generation``. Returns whether it moved.
+
+    A move into a terminal status also writes its webhook deliveries (the outbox) in this same
+    transaction: the event is sent if and only if the change commits."""
     transition(expected, target)
     query = update(JobRow).where(JobRow.id == job_id, JobRow.status == expected.value)
     if generation is not None:
         query = query.where(JobRow.lease_generation == generation)
     result = session.execute(query.values(status=target.value, **values))
-    return result.rowcount == 1
+    moved = result.rowcount == 1
+    if moved and target in TERMINAL:
+        webhooks.enqueue_job_event(session, job_id, target)
+    return moved
 
 
 def fenced_update(
@@ -161,8 +176,8 @@ def get_model(session: Session, name: str) -> ModelRow | None:
     return session.scalar(select(ModelRow).where(ModelRow.id == name))
 
 
-def list_models(session: Session, organization_id: str) -> list[ModelRow]:
-    query = select(ModelRow).where(ModelRow.organization_id == organization_id)
+def list_models(session: Session, scope: Scope) -> list[ModelRow]:
+    query = select(ModelRow).where(*owned_by(ModelRow, scope))
     return list(session.scalars(query.order_by(ModelRow.pk)))
 
 
@@ -175,10 +190,20 @@ def checkpoints_by_step(session: Session, job_id: str) -> list[JobCheckpointRow]
 
 
 def delete_checkpoint(session: Session, checkpoint: JobCheckpointRow) -> None:
-    """Delete a checkpoint row and the servable checkpoint model of the same name."""
-    session.execute(
+    """Delete a checkpoint row, the servable checkpoint model of the same name and its permissions."""
+    deleted = session.execute(
         delete(ModelRow).where(
             ModelRow.id == checkpoint.fine_tuned_model_checkpoint, ModelRow.kind == "checkpoint"
         )
     )
+    if deleted.rowcount:
+        delete_permissions(session, [checkpoint.fine_tuned_model_checkpoint])
     session.execute(delete(JobCheckpointRow).where(JobCheckpointRow.pk == checkpoint.pk))
+
+
+def delete_permissions(session: Session, model_ids: list[str]) -> None:
+    """A deleted model's shares go with it: a later model of the same name is not shared by accident."""
+    if model_ids:
+        session.execute(
+            delete(CheckpointPermissionRow).where(CheckpointPermissionRow.model_id.in_(model_ids))
+        )

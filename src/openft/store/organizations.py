@@ -20,5 +20,13 @@ def organization_for_key_hash(session: Session, key_hash: str) -> str | None:
     return session.scalar(select(ApiKeyRow.organization_id).where(ApiKeyRow.key_hash == key_hash))
 
 
+def key_owner(session: Session, key_hash: str) -> tuple[str, str | None] | None:
+    """(organization id, project id or None for an organization-wide key) of a key, or None."""
+    row = session.execute(
+        select(ApiKeyRow.organization_id, ApiKeyRow.project_id).where(ApiKeyRow.key_hash == key_hash)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
+
+
 def any_key(session: Session) -> bool:
     return session.scalar(select(ApiKeyRow.pk).limit(1)) is not None

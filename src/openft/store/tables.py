@@ -8,7 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # BigInteger autoincrement is not an alias of ROWID on SQLite; this variant is.
@@ -36,6 +47,8 @@ class ApiKeyRow(Base):
     organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"))
     name: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[int] = mapped_column(BigInteger)
+    # A project-scoped key acts in that project only; null: organization-wide (OpenAI-Project header)
+    project_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class FileRow(Base):
@@ -43,6 +56,7 @@ class FileRow(Base):
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64))  # null: the default project
     filename: Mapped[str] = mapped_column(String(1024))
     purpose: Mapped[str] = mapped_column(String(64))
     bytes: Mapped[int] = mapped_column(BigInteger)
@@ -59,6 +73,7 @@ class UploadRow(Base):
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64))  # null: the default project
     filename: Mapped[str] = mapped_column(String(1024))
     purpose: Mapped[str] = mapped_column(String(64))
     bytes: Mapped[int] = mapped_column(BigInteger)
@@ -84,6 +99,7 @@ class JobRow(Base):
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(64), unique=True)
     organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64))  # null: the default project
     created_at: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(32), index=True)
     model: Mapped[str] = mapped_column(String(512))  # as reported: the resolved base name or the ft: parent
@@ -114,6 +130,11 @@ class JobRow(Base):
     lease_generation: Mapped[int] = mapped_column(BigInteger, default=0)
     lease_expires_at: Mapped[float | None] = mapped_column(Float)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # For operators' metrics (/metrics): when validation queued the job, when a worker first
+    # started it, and the training throughput of its latest step.
+    queued_at: Mapped[int | None] = mapped_column(BigInteger)
+    started_at: Mapped[int | None] = mapped_column(BigInteger)
+    tokens_per_second: Mapped[float | None] = mapped_column(Float)
 
     __table_args__ = (Index("ix_jobs_claim", "status", "lease_expires_at"),)
 
@@ -153,8 +174,93 @@ class ModelRow(Base):
     pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
     id: Mapped[str] = mapped_column(String(512), unique=True)
     organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    project_id: Mapped[str | None] = mapped_column(String(64))  # null: the default project
     job_id: Mapped[str] = mapped_column(String(64), index=True)
     kind: Mapped[str] = mapped_column(String(16))  # fine_tune | checkpoint
     base_model: Mapped[str] = mapped_column(String(512))
     path: Mapped[str] = mapped_column(String(1024))  # artifact directory, relative to the models dir
     created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class ProjectRow(Base):
+    """A project inside an organization: objects belong to the project of the key that made them.
+
+    Every organization has a project named ``default``; rows whose ``project_id`` is null belong to it
+    (everything created before projects existed, and everything an organization-wide key creates
+    without an ``OpenAI-Project`` header)."""
+
+    __tablename__ = "projects"
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(ForeignKey("organizations.id"), index=True)
+    name: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (UniqueConstraint("organization_id", "name", name="ux_projects_org_name"),)
+
+
+class CheckpointPermissionRow(Base):
+    """A fine-tuned model or checkpoint (``models.id``) shared with a project, of any organization."""
+
+    __tablename__ = "checkpoint_permissions"
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    model_id: Mapped[str] = mapped_column(String(512), index=True)
+    project_id: Mapped[str] = mapped_column(String(64), index=True)
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+    __table_args__ = (UniqueConstraint("model_id", "project_id", name="ux_permissions_model_project"),)
+
+
+class WebhookEndpointRow(Base):
+    """Where an organization's job events are POSTed, signed with ``secret`` (Standard Webhooks)."""
+
+    __tablename__ = "webhook_endpoints"
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(64), unique=True)
+    organization_id: Mapped[str] = mapped_column(String(64), index=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    secret: Mapped[str] = mapped_column(String(128))  # whsec_<base64 key>
+    events: Mapped[list[Any]] = mapped_column(JSON)  # event types it receives
+    created_at: Mapped[int] = mapped_column(BigInteger)
+
+
+class WebhookDeliveryRow(Base):
+    """The outbox: one event for one endpoint, written in the transaction of the job's status change.
+
+    ``event_id`` is the ``webhook-id`` of every attempt, so a receiver can deduplicate; a delivery is
+    leased while an attempt is in flight, and retried with backoff until it succeeds or gives up."""
+
+    __tablename__ = "webhook_deliveries"
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(String(64), index=True)
+    endpoint_id: Mapped[str] = mapped_column(String(64), index=True)
+    type: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)  # the event body, as sent
+    created_at: Mapped[int] = mapped_column(BigInteger)
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    lease_owner: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[float | None] = mapped_column(Float)
+    delivered_at: Mapped[int | None] = mapped_column(BigInteger)
+
+    __table_args__ = (
+        Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+        UniqueConstraint("event_id", "endpoint_id", name="ux_webhook_deliveries_event_endpoint"),
+    )
+
+
+class WebhookAttemptRow(Base):
+    """One HTTP attempt at a delivery: what the receiver answered, or why nothing was answered."""
+
+    __tablename__ = "webhook_attempts"
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    delivery_pk: Mapped[int] = mapped_column(BigInteger, index=True)
+    endpoint_id: Mapped[str] = mapped_column(String(64), index=True)
+    event_id: Mapped[str] = mapped_column(String(64))
+    attempted_at: Mapped[float] = mapped_column(Float)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    succeeded: Mapped[bool] = mapped_column(Boolean)

@@ -5,13 +5,13 @@ from __future__ import annotations
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from openft.domain.scope import Scope
+from openft.store.ownership import owned_by
 from openft.store.tables import UploadPartRow, UploadRow
 
 
-def get(session: Session, organization_id: str, upload_id: str) -> UploadRow | None:
-    return session.scalar(
-        select(UploadRow).where(UploadRow.id == upload_id, UploadRow.organization_id == organization_id)
-    )
+def get(session: Session, scope: Scope, upload_id: str) -> UploadRow | None:
+    return session.scalar(select(UploadRow).where(UploadRow.id == upload_id, *owned_by(UploadRow, scope)))
 
 
 def parts(session: Session, upload_id: str) -> list[UploadPartRow]:

@@ -21,6 +21,7 @@ from openft.domain import hyperparameters as hp_rules
 from openft.domain.lifecycle import JobStatus
 from openft.training.launch import LEASE_FILE
 from openft.training.spec import ERROR_TRAINING, ERROR_WORKER_LOST, TrainingSpec
+from openft.worker.integrations import JobIntegrations
 from openft.worker.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,9 @@ class RunState:
     stopped: str | None = None  # "paused" | "cancelled" as reported by the child
     requested: str | None = None  # "pause" | "cancel" | "drain" as asked by the API or the worker
     step_times: list[float] = field(default_factory=list)
+    last_elapsed: float | None = None  # the child's elapsed_seconds at its previous step
+    fine_tuned_model: str | None = None  # set when the job succeeded
+    outcome: str = "stopped"  # what the run ended in, for the integrations' runs
 
 
 def output_dir(settings, job_id: str) -> Path:
@@ -104,7 +108,7 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
     init_adapter = None
     base_dir = seam.base_model_dir(job.base_model)
     if job.parent_model:
-        _, artifact = services.models.resolve_for_inference(job.organization_id, job.parent_model)
+        _, artifact = services.models.resolve_for_inference(job.owner, job.parent_model)
         artifact = Path(artifact)
         if (artifact / "adapter").exists():
             init_adapter = str(artifact / "adapter")
@@ -113,17 +117,13 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
     out = output_dir(settings, job.id)
     validation_path = None
     if job.validation_file:
-        validation_path = str(
-            services.files.local_path(services.files.get(job.organization_id, job.validation_file))
-        )
+        validation_path = str(services.files.local_path(services.files.get(job.owner, job.validation_file)))
     method = job.method_type
     return TrainingSpec(
         job_id=job.id,
         method=method,
         base_model_path=str(base_dir),
-        training_file=str(
-            services.files.local_path(services.files.get(job.organization_id, job.training_file))
-        ),
+        training_file=str(services.files.local_path(services.files.get(job.owner, job.training_file))),
         validation_file=validation_path,
         output_dir=str(out),
         seed=int(job.seed),
@@ -197,6 +197,7 @@ class TrainingRun:
         self.keeper: LeaseKeeper | None = None
         self._signal_lock = threading.Lock()
         self._stop_deadline: float | None = None
+        self.integrations: JobIntegrations | None = None
 
     # -- signals to the child ------------------------------------------------------------
     def _ask(self, what: str) -> None:
@@ -204,7 +205,9 @@ class TrainingRun:
             if self.proc is None or self.proc.poll() is not None:
                 return
             # One request per run, except that a cancel overrides a pause or drain still under way.
-            if self.state.requested is not None and not (what == "cancel" and self.state.requested != "cancel"):
+            if self.state.requested is not None and not (
+                what == "cancel" and self.state.requested != "cancel"
+            ):
                 return
             self.state.requested = what
             self._stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -250,6 +253,15 @@ class TrainingRun:
                 job.id, gen, code="model_load_failed", message=f"Could not prepare training: {exc}"
             )
             return
+        self.integrations = JobIntegrations.for_job(self.services, self.claim, self.runtime)
+        try:
+            self._run(spec)
+        finally:
+            if self.integrations is not None:
+                self.integrations.close(self.state.fine_tuned_model, self.state.outcome)
+
+    def _run(self, spec: TrainingSpec) -> None:
+        job, gen = self.job, self.claim.generation
         out = Path(spec.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         spec_path = out / "spec.json"
@@ -303,6 +315,8 @@ class TrainingRun:
             watchdog.join()
         if keeper.lost.is_set():
             return
+        if self.integrations is not None:
+            self.integrations.flush()
         self._finish(returncode, spec, metrics_path)
 
     def _record(self, line: dict, started: float) -> None:
@@ -318,13 +332,18 @@ class TrainingRun:
                 total_steps=total,
                 data=data,
                 estimated_finish=self._estimate(step, total, started),
+                tokens_per_second=self._throughput(line),
             )
+            if self.integrations is not None:
+                self.integrations.metrics(step, data)
         elif kind == "checkpoint":
             if line.get("epoch") is not None:
                 path = Path(line["path"])
-                self.runtime.record_checkpoint(
+                name = self.runtime.record_checkpoint(
                     job.id, gen, step=int(line["step"]), metrics=line.get("metrics") or {}, path=str(path)
                 )
+                if self.integrations is not None:
+                    self.integrations.checkpoint(int(line["step"]), name)
         elif kind == "message":
             self.runtime.add_event(job.id, gen, line["message"], level=line.get("level", "info"))
         elif kind == "started":
@@ -341,6 +360,14 @@ class TrainingRun:
             self.state.error = line
         elif kind in ("paused", "cancelled"):
             self.state.stopped = kind
+
+    def _throughput(self, line: dict) -> float | None:
+        """Tokens per second of the step just reported (None for a run's first step: no baseline)."""
+        elapsed, previous = line.get("elapsed_seconds"), self.state.last_elapsed
+        self.state.last_elapsed = elapsed
+        if elapsed is None or previous is None or elapsed <= previous or not line.get("tokens"):
+            return None
+        return round(float(line["tokens"]) / (elapsed - previous), 3)
 
     def _estimate(self, step: int, total: int, started: float) -> int | None:
         times = self.state.step_times
@@ -366,6 +393,8 @@ class TrainingRun:
                 final_step=int(state.result.get("steps", 0)),
                 final_metrics=state.result.get("final_metrics") or {},
             )
+            state.fine_tuned_model = name
+            state.outcome = "succeeded" if name is not None else "stopped"
             if name is None:
                 # Cancelled or paused (perhaps resumed too) while the last step ran, before the
                 # child saw the request: the stop was asked for, so the attempt is given back. A
@@ -373,6 +402,7 @@ class TrainingRun:
                 runtime.finish_stopped(job.id, gen)
             return
         if state.error is not None:
+            state.outcome = "failed"
             runtime.fail(
                 job.id,
                 gen,
@@ -384,6 +414,7 @@ class TrainingRun:
             runtime.requeue(job.id, gen, reason="the worker is shutting down")
             return
         if state.requested in ("cancel", "pause"):
+            state.outcome = "cancelled" if state.requested == "cancel" else "paused"
             # the API already moved the job to cancelled or paused; we only give the lease back
             runtime.finish_stopped(job.id, gen)
             return

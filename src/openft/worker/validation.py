@@ -54,9 +54,9 @@ class FileCheck:
     missing: str | None = None
 
 
-def _file_path(services, org_id: str, file_id: str) -> FileCheck:
+def _file_path(services, owner, file_id: str) -> FileCheck:
     try:
-        row = services.files.get(org_id, file_id)
+        row = services.files.get(owner, file_id)
     except NotFoundError:
         return FileCheck(None, f"File {file_id} no longer exists; it was deleted after the job was created.")
     return FileCheck(services.files.local_path(row))
@@ -98,7 +98,7 @@ def validate_job(services, claim, seam: TokenizerSeam, *, runtime=None) -> None:
     ):
         if file_id is None:
             continue
-        check = _file_path(services, job.organization_id, file_id)
+        check = _file_path(services, job.owner, file_id)
         if check.path is None:
             code = "invalid_training_file" if which == "training" else "invalid_validation_file"
             runtime.fail(job.id, claim.generation, code=code, message=check.missing, param=param)
