@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from openft.domain import hyperparameters as hp
+
+if TYPE_CHECKING:
+    from openft.datasets import TokenCounter
 
 
 def resolve_model_dir(model: str) -> Path:
@@ -33,13 +35,12 @@ def resolve_model_dir(model: str) -> Path:
         raise click.ClickException(str(exc)) from None
 
 
-def token_counter(model_dir: Path, method: str) -> Callable[[dict[str, Any]], int]:
+def token_counter(model_dir: Path, method: str) -> TokenCounter:
     """Counts exactly what the trainer will see, with the base model's tokenizer and chat template."""
-    from openft.training.data import count_tokens
     from openft.training.models import load_tokenizer
+    from openft.training.token_counts import TemplateTokenCounter
 
-    tokenizer = load_tokenizer(str(model_dir))
-    return lambda example: count_tokens(tokenizer, example, method)  # type: ignore[arg-type]
+    return TemplateTokenCounter(load_tokenizer(str(model_dir)), method)  # type: ignore[arg-type]
 
 
 def default_max_tokens(model_dir: Path) -> int:

@@ -41,11 +41,10 @@ class TransformersTokenizerSeam:
         return model_facts(model_dir)
 
     def counter(self, model_dir: Path, method: str):
-        from openft.training.data import Tokenizing, tokenize_example
         from openft.training.models import load_tokenizer
+        from openft.training.token_counts import TemplateTokenCounter
 
-        tok = Tokenizing(load_tokenizer(str(model_dir)))
-        return lambda example: sum(len(s) for s in tokenize_example(tok, example, method))
+        return TemplateTokenCounter(load_tokenizer(str(model_dir)), method)
 
 
 @dataclass(frozen=True)
