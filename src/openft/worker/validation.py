@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from openft.datasets import validate_file
+from openft.datasets import ValidationStopped, validate_file
 from openft.domain import hyperparameters as hp_rules
+from openft.domain.lifecycle import JobStatus
 from openft.errors import NotFoundError
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,18 @@ class TransformersTokenizerSeam:
         return TemplateTokenCounter(load_tokenizer(str(model_dir)), method)
 
 
+class ValidationStopper:
+    """``should_stop`` for a validation under a ``LeaseKeeper``: the API cancelled the job, or
+    another worker took it over."""
+
+    def __init__(self, keeper) -> None:
+        self.keeper = keeper
+
+    def __call__(self) -> bool:
+        status = self.keeper.status
+        return self.keeper.lost.is_set() or (status is not None and status != JobStatus.VALIDATING_FILES)
+
+
 @dataclass(frozen=True)
 class FileCheck:
     path: Path | None
@@ -61,9 +75,15 @@ def _file_path(services, org_id: str, file_id: str) -> FileCheck:
     return FileCheck(services.files.local_path(row))
 
 
-def validate_job(services, claim, seam: TokenizerSeam, *, runtime=None) -> None:
+def validate_job(
+    services, claim, seam: TokenizerSeam, *, runtime=None, should_stop: Callable[[], bool] | None = None
+) -> None:
     """Validate a claimed job's files; move it to ``queued`` with resolved hyperparameters, or to
-    ``failed`` with OpenAI's error codes. All writes are fenced by the claim's lease generation."""
+    ``failed`` with OpenAI's error codes. All writes are fenced by the claim's lease generation.
+
+    ``should_stop`` is asked every few hundred lines; when it says so (the job was cancelled, or
+    the lease lost) validation ends at once, writes nothing about the files and gives the lease back.
+    """
     runtime = runtime or services.runtime
     job = claim.job
     method = job.method_type
@@ -102,14 +122,20 @@ def validate_job(services, claim, seam: TokenizerSeam, *, runtime=None) -> None:
             code = "invalid_training_file" if which == "training" else "invalid_validation_file"
             runtime.fail(job.id, claim.generation, code=code, message=check.missing, param=param)
             return
-        with open(check.path, "rb") as stream:
-            report = validate_file(
-                stream,
-                method=method,
-                count_tokens=counter,
-                max_tokens=max_tokens,
-                min_examples=10 if which == "training" else 1,
-            )
+        try:
+            with open(check.path, "rb") as stream:
+                report = validate_file(
+                    stream,
+                    method=method,
+                    count_tokens=counter,
+                    max_tokens=max_tokens,
+                    min_examples=10 if which == "training" else 1,
+                    should_stop=should_stop,
+                )
+        except ValidationStopped as stopped:
+            log.info("job %s: %s of the %s file", job.id, stopped, which)
+            runtime.release(job.id, claim.generation)
+            return
         if not report.ok:
             runtime.fail(
                 job.id,
