@@ -1,4 +1,5 @@
-"""A validation in progress through the SDK: a cancel stops it within a poll and frees the queue."""
+"""A validation in progress through the SDK: a cancel stops it within a poll and frees the queue,
+and a base model that needs its one-time conversion says so before the conversion starts."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from openft.settings import Settings
+from openft.training import base_models
+from openft.training.tiny import write_tiny_gguf
 from openft.worker.loop import Worker
 from openft.worker.validation import TransformersTokenizerSeam
 
@@ -116,3 +119,38 @@ def _lease_owner(services, job_id: str) -> str | None:
 
     with services.db.transaction() as session:
         return session.scalar(select(JobRow.lease_owner).where(JobRow.id == job_id))
+
+
+def test_first_job_on_a_gguf_base_model_says_it_is_converting_before_it_does(
+    client, services, settings, tiny_model_dir, monkeypatch
+):
+    pytest.importorskip("gguf")
+    gguf = Path(settings.base_models[GGUF_BASE])
+    gguf.parent.mkdir()
+    write_tiny_gguf(gguf, tiny_model_dir)
+    first = _create(client, _jsonl(12), model=GGUF_BASE)
+    seen_during_conversion: list[list[str]] = []
+    convert = base_models._convert_gguf
+
+    def watched_convert(path: Path, out: Path) -> None:
+        seen_during_conversion.append(_messages(client, first.id))
+        convert(path, out)
+
+    monkeypatch.setattr(base_models, "_convert_gguf", watched_convert)
+    Worker(services).run(burst=True, max_jobs=1)
+
+    notice = (
+        f"Preparing base model {GGUF_BASE}: converting tiny.gguf ({gguf.stat().st_size / 1e6:,.0f} MB) to a "
+        "Hugging Face model once; this takes about a minute, and later jobs on this model skip it"
+    )
+    [during] = seen_during_conversion
+    assert during[-1] == notice
+    assert client.fine_tuning.jobs.retrieve(first.id).status == "queued"
+    assert _messages(client, first.id)[-1] == "Files validated, moving job to queued state"
+
+    client.fine_tuning.jobs.cancel(first.id)  # or the next worker run would train it
+    second = _create(client, _jsonl(12), model=GGUF_BASE)
+    Worker(services).run(burst=True, max_jobs=1)
+    assert len(seen_during_conversion) == 1
+    assert client.fine_tuning.jobs.retrieve(second.id).status == "queued"
+    assert not any(m.startswith("Preparing base model") for m in _messages(client, second.id))

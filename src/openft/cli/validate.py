@@ -18,19 +18,30 @@ def resolve_model_dir(model: str) -> Path:
     """A local Hugging Face directory for ``model``: a directory, a .gguf file (converted once into
     the cache under OPENFT_HOME), or a base model name or alias configured in OPENFT_BASE_MODELS."""
     from openft.settings import Settings
-    from openft.training.base_models import BaseModelRegistry, BaseModelSourceError, materialize
+    from openft.training.base_models import (
+        BaseModelRegistry,
+        BaseModelSourceError,
+        conversion_notice,
+        materialize,
+        pending_conversion,
+    )
 
     settings = Settings.from_env()
     registry = BaseModelRegistry.from_settings(settings)
     try:
         if Path(model).exists():
-            return materialize(model, settings.models_dir / "base")
-        if model not in registry:
+            source = model
+        elif model in registry:
+            source = registry.source(model)
+        else:
             raise click.ClickException(
                 f"Unknown model {model!r}: give a local Hugging Face directory, a .gguf file, or one of the "
                 f"configured base models ({', '.join(registry.names()) or 'none'}; see OPENFT_BASE_MODELS)."
             )
-        return registry.materialize(model)
+        gguf = pending_conversion(source, settings.models_dir / "base")
+        if gguf is not None:
+            click.echo(conversion_notice(model, gguf) + ".", err=True)
+        return materialize(source, settings.models_dir / "base")
     except BaseModelSourceError as exc:
         raise click.ClickException(str(exc)) from None
 

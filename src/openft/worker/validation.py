@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 class TokenizerSeam(Protocol):
     """What validation needs from the base model; the real one loads its tokenizer lazily."""
 
+    def preparation_notice(self, base_model: str) -> str | None: ...
+
     def base_model_dir(self, base_model: str) -> Path: ...
 
     def facts(self, model_dir: Path) -> hp_rules.ModelFacts: ...
@@ -31,6 +33,13 @@ class TransformersTokenizerSeam:
 
     def __init__(self, settings) -> None:
         self.settings = settings
+
+    def preparation_notice(self, base_model: str) -> str | None:
+        """What to tell the job when ``base_model_dir`` will first convert a GGUF (a minute or more)."""
+        from openft.training.base_models import BaseModelRegistry, conversion_notice
+
+        gguf = BaseModelRegistry.from_settings(self.settings).pending_conversion(base_model)
+        return None if gguf is None else conversion_notice(base_model, gguf)
 
     def base_model_dir(self, base_model: str) -> Path:
         from openft.training.base_models import BaseModelRegistry
@@ -89,6 +98,9 @@ def validate_job(
     method = job.method_type
 
     try:
+        notice = seam.preparation_notice(job.base_model)
+        if notice is not None:
+            runtime.add_event(job.id, claim.generation, notice, dedup_key="base-model-conversion")
         model_dir = seam.base_model_dir(job.base_model)
         facts = seam.facts(model_dir)
         counter = seam.counter(model_dir, method)
