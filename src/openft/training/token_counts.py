@@ -7,8 +7,10 @@ sequence once, with the same template and the same normalisation, and encodes a 
 renderings in one call of the fast (Rust) tokenizer, which uses every core. The prefix renderings
 only matter for a template that cannot be masked (``TemplateError``) or an example whose trained
 turns render to nothing; the trainer's own path runs on the first example of every conversation
-shape and on every ``VERIFY_EVERY``-th example, so such a template is still refused at validation,
-on the line where it shows, and the fast count is checked against the trainer's as it goes.
+shape (``_shape``) and on every ``VERIFY_EVERY``-th example, so such a template is still refused at
+validation, on the line where it shows, and the fast count is checked against the trainer's as it
+goes. A template whose masking fails only on some contents of an already seen shape is found by
+the sample or, at the latest, when training starts.
 """
 
 from __future__ import annotations
@@ -205,7 +207,9 @@ class _Plan:
 
 
 def _shape(example: dict[str, Any]) -> tuple:
-    """What a template's control flow depends on: roles, tool calls, empty content, trained turns."""
+    """What a template's control flow depends on: the first and last message and each pair of
+    neighbours, by role, tool calls, empty content and trained or not. Counting pairs rather than
+    whole sequences keeps long conversations of every length from each being a new shape."""
     if "prompt" in example:
         return ("completion",)
     if "messages" in example:
@@ -213,14 +217,12 @@ def _shape(example: dict[str, Any]) -> tuple:
     else:
         inp = example["input"]
         tools = inp.get("tools")
-        messages = [*inp["messages"], *example["preferred_output"], *example["non_preferred_output"]]
-    return (
-        bool(tools),
-        tuple(
-            (m["role"], bool(m.get("tool_calls")), bool(m.get("content")), m.get("weight", 1) == 0)
-            for m in messages
-        ),
-    )
+        messages = [*inp["messages"], *example["preferred_output"]]
+    kinds = [
+        (m["role"], bool(m.get("tool_calls")), bool(m.get("content")), m.get("weight", 1) == 0)
+        for m in messages
+    ]
+    return (bool(tools), kinds[0], kinds[-1], frozenset(zip(kinds, kinds[1:], strict=False)))
 
 
 def _plain_backend(tokenizer: Any) -> Any | None:
