@@ -145,3 +145,36 @@ def test_counts_equal_the_trainers_with_smollm2(smollm2_dir, tmp_path, kind):
 
     assert report.n_errors == 0 and report.n_examples == N
     assert list(report.token_counts) == trainer_counts(tokenizer, path, METHOD[kind])
+
+
+class _Skewed:
+    """Wraps a fast path of the counter and gets every third call wrong, as a transformers or
+    tokenizers release that behaved differently would."""
+
+    def __init__(self, inner, skew) -> None:
+        self.inner, self.skew, self.calls = inner, skew, 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        result = self.inner(*args, **kwargs)
+        return self.skew(result) if self.calls % 3 == 1 else result
+
+    def encode_batch_fast(self, texts, **kwargs):
+        self.calls += 1
+        result = self.inner.encode_batch_fast(texts, **kwargs)
+        return [e.ids[:-1] if self.calls % 3 == 1 else e.ids for e in result]
+
+
+@pytest.mark.parametrize("fast_path", ["_direct", "_backend"])
+def test_a_fast_path_that_disagrees_with_the_trainer_is_dropped_and_counts_stay_exact(
+    tiny_model_dir, tmp_path, fast_path
+):
+    tokenizer = tokenizer_of(tiny_model_dir)
+    path = write_jsonl(tmp_path / "chat.jsonl", rows("chat", 40))
+    counter = TemplateTokenCounter(tokenizer, "supervised")
+    setattr(counter, fast_path, _Skewed(getattr(counter, fast_path), lambda text: text + " skewed"))
+
+    report = validate_file(path, method="supervised", count_tokens=counter, min_examples=1)
+
+    assert getattr(counter, fast_path) is None
+    assert list(report.token_counts) == trainer_counts(tokenizer, path, "supervised")

@@ -42,17 +42,11 @@ class TemplateTokenCounter:
         self._shapes: set[tuple] = set()
         self._n_seen = 0
 
-    def __call__(self, example: dict[str, Any]) -> int:
-        """One example's count; raises ``ValueError`` where ``count_many`` would give a reason."""
-        (count,) = self.count_many([example])
-        if isinstance(count, str):
-            raise ValueError(count)
-        return count
-
     def count_many(self, examples: Sequence[dict[str, Any]]) -> list[int | str]:
         plain: list[str] = []  # encoded without special tokens, as rendered chats are
         with_special: list[str] = []  # completion prompts, encoded as the trainer does: with them
         plans: list[_Plan | str] = []
+        direct = self._direct
         for example in examples:
             try:
                 plan = self._plan(example, plain, with_special)
@@ -60,6 +54,8 @@ class TemplateTokenCounter:
                 plans.append(_reason(exc))
                 continue
             plans.append(plan)
+        if direct is not None and self._direct is None:
+            return self._again(examples)  # rendered directly before the difference showed
         plain_counts = self._lengths(plain, add_special_tokens=False)
         special_counts = self._lengths(with_special, add_special_tokens=True)
         results: list[int | str] = []
@@ -155,6 +151,9 @@ class TemplateTokenCounter:
             trainer,
         )
         self._backend = None
+        return self._again(examples)
+
+    def _again(self, examples: Sequence[dict[str, Any]]) -> list[int | str]:
         self._n_seen -= len(examples)
         return self.count_many(examples)
 
