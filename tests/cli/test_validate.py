@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 from live import write_chat_file
 
@@ -89,3 +90,22 @@ def test_validate_without_model_does_not_import_torch(tmp_path: Path) -> None:
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True)
+
+
+def test_validate_with_an_unconverted_gguf_says_it_converts_once(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("gguf")
+    from openft.training.tiny import write_tiny_gguf
+
+    monkeypatch.setenv("OPENFT_HOME", str(tmp_path / "home"))
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf", tiny_model_dir)
+    path = write_chat_file(tmp_path / "good.jsonl", n=12)
+
+    first = CliRunner().invoke(main, ["validate", str(path), "--model", str(gguf)], catch_exceptions=False)
+    second = CliRunner().invoke(main, ["validate", str(path), "--model", str(gguf)], catch_exceptions=False)
+
+    assert first.exit_code == 0 and second.exit_code == 0, first.output
+    assert f"Preparing base model {gguf}: converting tiny.gguf" in first.stderr
+    assert "Preparing base model" not in second.stderr
+    assert "Tokens per example (12 examples)" in second.output

@@ -21,6 +21,7 @@ from openft.training.base_models import (
     model_facts,
     parameter_count,
 )
+from openft.training.tiny import write_tiny_gguf
 
 # --- registry ---------------------------------------------------------------------------------
 
@@ -130,66 +131,11 @@ def test_package_source_locates_the_shipped_gguf_without_importing_it() -> None:
 # --- GGUF conversion (on a tiny GGUF written here) ----------------------------------------------
 
 
-def _write_tiny_gguf(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
-    """A float32 llama GGUF with the tiny model's byte-level BPE tokenizer and chat template."""
-    gguf = pytest.importorskip("gguf")
-    import numpy as np
-
-    hidden, layers, heads, kv_heads, ffn = 32, 2, 4, 2, 64
-    tokenizer = json.loads((tokenizer_dir / "tokenizer.json").read_text())
-    tokens = [t for t, _ in sorted(tokenizer["model"]["vocab"].items(), key=lambda item: item[1])]
-    merges = [" ".join(m) if isinstance(m, list) else m for m in tokenizer["model"]["merges"]]
-    special = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
-    writer = gguf.GGUFWriter(str(path), "llama")
-    writer.add_context_length(256)
-    writer.add_embedding_length(hidden)
-    writer.add_block_count(layers)
-    writer.add_feed_forward_length(ffn)
-    writer.add_head_count(heads)
-    writer.add_head_count_kv(kv_heads)
-    writer.add_rope_dimension_count(hidden // heads)
-    writer.add_layer_norm_rms_eps(1e-5)
-    writer.add_vocab_size(len(tokens))
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(
-        [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
-    )
-    writer.add_token_merges(merges)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_pad_token_id(2)
-    writer.add_chat_template((tokenizer_dir / "chat_template.jinja").read_text())
-    rng = np.random.default_rng(seed)
-
-    def weight(name: str, *shape: int) -> None:
-        writer.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
-
-    weight("token_embd.weight", len(tokens), hidden)
-    kv_dim = hidden // heads * kv_heads
-    for i in range(layers):
-        weight(f"blk.{i}.attn_q.weight", hidden, hidden)
-        weight(f"blk.{i}.attn_k.weight", kv_dim, hidden)
-        weight(f"blk.{i}.attn_v.weight", kv_dim, hidden)
-        weight(f"blk.{i}.attn_output.weight", hidden, hidden)
-        weight(f"blk.{i}.ffn_gate.weight", ffn, hidden)
-        weight(f"blk.{i}.ffn_up.weight", ffn, hidden)
-        weight(f"blk.{i}.ffn_down.weight", hidden, ffn)
-        weight(f"blk.{i}.attn_norm.weight", hidden)
-        weight(f"blk.{i}.ffn_norm.weight", hidden)
-    weight("output_norm.weight", hidden)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 @pytest.fixture
 def tiny_gguf(tmp_path: Path, tiny_model_dir: Path) -> Path:
+    pytest.importorskip("gguf")
     (tmp_path / "src").mkdir()
-    return _write_tiny_gguf(tmp_path / "src" / "tiny.gguf", tiny_model_dir)
+    return write_tiny_gguf(tmp_path / "src" / "tiny.gguf", tiny_model_dir)
 
 
 def test_materialize_gguf_writes_plain_model_with_identical_logits(tiny_gguf: Path, tmp_path: Path) -> None:

@@ -3,43 +3,55 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from openft.domain import hyperparameters as hp
+
+if TYPE_CHECKING:
+    from openft.datasets import TokenCounter
 
 
 def resolve_model_dir(model: str) -> Path:
     """A local Hugging Face directory for ``model``: a directory, a .gguf file (converted once into
     the cache under OPENFT_HOME), or a base model name or alias configured in OPENFT_BASE_MODELS."""
     from openft.settings import Settings
-    from openft.training.base_models import BaseModelRegistry, BaseModelSourceError, materialize
+    from openft.training.base_models import (
+        BaseModelRegistry,
+        BaseModelSourceError,
+        conversion_notice,
+        materialize,
+        pending_conversion,
+    )
 
     settings = Settings.from_env()
     registry = BaseModelRegistry.from_settings(settings)
     try:
         if Path(model).exists():
-            return materialize(model, settings.models_dir / "base")
-        if model not in registry:
+            source = model
+        elif model in registry:
+            source = registry.source(model)
+        else:
             raise click.ClickException(
                 f"Unknown model {model!r}: give a local Hugging Face directory, a .gguf file, or one of the "
                 f"configured base models ({', '.join(registry.names()) or 'none'}; see OPENFT_BASE_MODELS)."
             )
-        return registry.materialize(model)
+        gguf = pending_conversion(source, settings.models_dir / "base")
+        if gguf is not None:
+            click.echo(conversion_notice(model, gguf) + ".", err=True)
+        return materialize(source, settings.models_dir / "base")
     except BaseModelSourceError as exc:
         raise click.ClickException(str(exc)) from None
 
 
-def token_counter(model_dir: Path, method: str) -> Callable[[dict[str, Any]], int]:
+def token_counter(model_dir: Path, method: str) -> TokenCounter:
     """Counts exactly what the trainer will see, with the base model's tokenizer and chat template."""
-    from openft.training.data import count_tokens
     from openft.training.models import load_tokenizer
+    from openft.training.token_counts import TemplateTokenCounter
 
-    tokenizer = load_tokenizer(str(model_dir))
-    return lambda example: count_tokens(tokenizer, example, method)  # type: ignore[arg-type]
+    return TemplateTokenCounter(load_tokenizer(str(model_dir)), method)  # type: ignore[arg-type]
 
 
 def default_max_tokens(model_dir: Path) -> int:

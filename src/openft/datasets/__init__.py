@@ -4,10 +4,13 @@ Standard library only. The API's ``validating_files`` phase and ``openft validat
 same function::
 
     report = validate_file(path_or_binary_stream, method="supervised" | "dpo",
-                           count_tokens=None,          # Callable[[dict], int], called once per valid
-                                                       # example with the normalised example
+                           count_tokens=None,          # a TokenCounter (count_many(examples), given
+                                                       # the normalised valid examples in batches), or
+                                                       # Callable[[dict], int] called once per example
                            max_tokens=None,            # per-example training length (truncation)
-                           min_examples=10, max_line_bytes=DEFAULT_MAX_LINE_BYTES)
+                           min_examples=10, max_line_bytes=DEFAULT_MAX_LINE_BYTES,
+                           should_stop=None)           # Callable[[], bool], asked after every batch of
+                                                       # lines; True raises ValidationStopped
     report.ok                                    # no errors and at least min_examples examples
     report.error_code("training_file")           # invalid_training_file | invalid_n_examples | None
     report.error_code("validation_file")         # invalid_validation_file | None
@@ -44,6 +47,8 @@ from openft.datasets.report import TokenStats, ValidationReport, format_report
 from openft.datasets.validate import (
     DEFAULT_MAX_LINE_BYTES,
     DEFAULT_MIN_EXAMPLES,
+    TokenCounter,
+    ValidationStopped,
     iter_examples,
     validate_file,
 )
@@ -53,8 +58,10 @@ __all__ = [
     "DEFAULT_MIN_EXAMPLES",
     "DatasetError",
     "Problem",
+    "TokenCounter",
     "TokenStats",
     "ValidationReport",
+    "ValidationStopped",
     "format_report",
     "iter_examples",
     "validate_file",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from openft.datasets import problems as p
@@ -21,6 +21,7 @@ class Line:
 
     ``value`` is None for a blank or broken line (never a JSON ``null``: a line that is ``null``
     becomes a NOT_OBJECT problem). ``stop`` means the file as a whole is not JSONL and reading ends.
+    ``size`` is the line's length in the file, in bytes, newline included.
     """
 
     number: int
@@ -29,6 +30,7 @@ class Line:
     warnings: tuple[Problem, ...] = ()
     blank: bool = False
     stop: bool = False
+    size: int = 0
 
 
 def read_lines(stream: BinaryIO, *, max_line_bytes: int) -> Iterator[Line]:
@@ -68,11 +70,12 @@ def read_lines(stream: BinaryIO, *, max_line_bytes: int) -> Iterator[Line]:
                 f"is {total:,} bytes long, over the limit of {max_line_bytes:,} bytes per example; "
                 "shorten or split this example (very long lines are often embedded images or whole "
                 "documents)",
+                size=offset - start,
             )
             seen_content = True
             continue
         has_newline = chunk.endswith(b"\n")
-        line = _parse(chunk, number, start, has_newline, first=not seen_content)
+        line = replace(_parse(chunk, number, start, has_newline, first=not seen_content), size=len(chunk))
         if not line.blank:
             seen_content = True
         yield line
@@ -194,8 +197,8 @@ def _json_problem(
     return Line(number, None, (Problem(number, None, None, detail, kind),), warnings)
 
 
-def _problem_line(number: int, kind: str, message: str) -> Line:
-    return Line(number, None, (Problem(number, None, None, message, kind),))
+def _problem_line(number: int, kind: str, message: str, *, size: int = 0) -> Line:
+    return Line(number, None, (Problem(number, None, None, message, kind),), size=size)
 
 
 def _stop_line(number: int, message: str) -> Line:

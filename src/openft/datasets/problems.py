@@ -21,6 +21,7 @@ SCHEMA = "schema"
 UNKNOWN_KEY = "unknown_key"
 MISSING_ROLE = "missing_role"
 OVER_MAX_TOKENS = "over_max_tokens"
+TEMPLATE = "template"  # the base model's chat template cannot render or mask the example
 
 LINE_KINDS = frozenset({ENCODING, BOM, BLANK_LINE, LINE_TOO_LONG, TRUNCATED, JSON, NOT_OBJECT})
 FILE_KINDS = frozenset({NOT_JSONL, EMPTY, FORMAT_MISMATCH})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from array import array
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -36,14 +37,22 @@ class TokenStats:
     def from_counts(cls, counts: Sequence[int]) -> TokenStats | None:
         if not counts:
             return None
-        ordered = sorted(counts)
-        n = len(ordered)
+        # A histogram, not a sorted copy: a million examples have a few thousand distinct lengths,
+        # so the memory stays small on the largest files.
+        histogram = sorted(Counter(counts).items())
+        n = len(counts)
+        total = sum(length * times for length, times in histogram)
 
         def rank(q: float) -> int:
-            return ordered[max(0, math.ceil(q * n) - 1)]
+            wanted = max(1, math.ceil(q * n))
+            seen = 0
+            for length, times in histogram:
+                seen += times
+                if seen >= wanted:
+                    return length
+            return histogram[-1][0]
 
-        total = sum(ordered)
-        return cls(n, total, ordered[0], ordered[-1], total / n, rank(0.50), rank(0.90), rank(0.99))
+        return cls(n, total, histogram[0][0], histogram[-1][0], total / n, rank(0.50), rank(0.90), rank(0.99))
 
 
 @dataclass

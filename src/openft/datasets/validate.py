@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from openft.datasets import problems as p
 from openft.datasets.examples import (
@@ -28,7 +28,31 @@ DEFAULT_MIN_EXAMPLES = 10
 # on one line is refused with a clear message instead of being held in memory.
 DEFAULT_MAX_LINE_BYTES = 16 * 1024 * 1024
 
+# Valid examples are counted in batches, so a fast tokenizer encodes many at once (in Rust, on all
+# cores). A batch ends at this many lines or bytes read, which bounds the memory it holds and how
+# long ``should_stop`` goes unasked.
+BATCH_LINES = 256
+BATCH_BYTES = 4 * 1024 * 1024
+
 Source = str | os.PathLike[str] | BinaryIO
+
+
+class TokenCounter(Protocol):
+    """Counts many normalised examples in one call, in order.
+
+    Each result is the example's token count, or a sentence saying why the base model cannot
+    tokenize that example (its chat template refuses it); that becomes an error on its line.
+    """
+
+    def count_many(self, examples: Sequence[dict]) -> Sequence[int | str]: ...
+
+
+class ValidationStopped(Exception):
+    """``should_stop`` returned True: the job was cancelled, or another worker owns it now."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(f"validation stopped on request after line {line:,}")
+        self.line = line
 
 
 @dataclass(frozen=True)
@@ -40,24 +64,31 @@ class _Event:
     errors: tuple[Problem, ...] | list[Problem] = ()
     warnings: tuple[Problem, ...] | list[Problem] = ()
     format: Format | None = None
+    size: int = 0
 
 
 def validate_file(
     source: Source,
     *,
     method: Method,
-    count_tokens: Callable[[dict], int] | None = None,
+    count_tokens: Callable[[dict], int] | TokenCounter | None = None,
     max_tokens: int | None = None,
     min_examples: int = DEFAULT_MIN_EXAMPLES,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    should_stop: Callable[[], bool] | None = None,
 ) -> ValidationReport:
     """Check every line of ``source`` (a path or a binary stream) against ``method``'s format.
 
-    ``count_tokens`` is called once per valid example with the normalised example; ``max_tokens``
-    is the per-example training length (longer examples are truncated, warned about, and billed at
-    ``max_tokens``).
+    ``count_tokens`` counts the normalised valid examples: a ``TokenCounter`` gets them in batches,
+    a plain callable one at a time. ``max_tokens`` is the per-example training length (longer
+    examples are truncated, warned about, and billed at ``max_tokens``). ``should_stop`` is asked
+    after each batch (every few hundred lines or few MB); when it returns True, ``ValidationStopped``
+    is raised.
     """
     report = ValidationReport(method=method, max_tokens=max_tokens, min_examples=min_examples)
+    counter = count_tokens
+    if count_tokens is not None and not hasattr(count_tokens, "count_many"):
+        counter = _OneByOne(count_tokens)
     # Warnings repeat on thousands of lines; keep one per (kind, message) with a count and first line.
     tally: dict[tuple[str, str], list] = {}
 
@@ -69,34 +100,57 @@ def validate_file(
         elif len(tally) < MAX_DETAILED_PROBLEMS:
             tally[key] = [problem, 1]
 
+    def record(event: _Event, count: int | str | None) -> None:
+        report.n_lines = event.line
+        if event.format is not None:
+            report.format = event.format
+        for problem in event.errors:
+            report.add_error(problem)
+        for problem in event.warnings:
+            warn(problem)
+        if event.example is None:
+            return
+        if isinstance(count, str):
+            report.add_error(Problem(event.line, None, None, count, p.TEMPLATE))
+            return
+        report.n_examples += 1
+        if count is None:
+            return
+        report.token_counts.append(count)
+        if max_tokens is not None and count > max_tokens:
+            report.n_over_limit += 1
+            warn(
+                Problem(
+                    event.line,
+                    None,
+                    None,
+                    f"the example is longer than max_tokens={max_tokens:,} tokens; its end will be truncated in training",
+                    p.OVER_MAX_TOKENS,
+                )
+            )
+        report.billable_tokens += count if max_tokens is None else min(count, max_tokens)
+
+    def flush(batch: list[_Event]) -> None:
+        # Events are recorded in file order after the batch is counted, so the report is the same
+        # whatever the batch size.
+        examples = [event.example for event in batch if event.example is not None]
+        counts = iter(counter.count_many(examples) if counter is not None and examples else ())
+        for event in batch:
+            record(event, next(counts, None) if event.example is not None else None)
+
+    batch: list[_Event] = []
+    batch_bytes = 0
     with _open(source) as stream:
         for event in _scan(stream, method=method, max_line_bytes=max_line_bytes):
-            report.n_lines = event.line
-            if event.format is not None:
-                report.format = event.format
-            for problem in event.errors:
-                report.add_error(problem)
-            for problem in event.warnings:
-                warn(problem)
-            if event.example is None:
+            batch.append(event)
+            batch_bytes += event.size
+            if len(batch) < BATCH_LINES and batch_bytes < BATCH_BYTES:
                 continue
-            report.n_examples += 1
-            if count_tokens is None:
-                continue
-            n = count_tokens(event.example)
-            report.token_counts.append(n)
-            if max_tokens is not None and n > max_tokens:
-                report.n_over_limit += 1
-                warn(
-                    Problem(
-                        event.line,
-                        None,
-                        None,
-                        f"the example is longer than max_tokens={max_tokens:,} tokens; its end will be truncated in training",
-                        p.OVER_MAX_TOKENS,
-                    )
-                )
-            report.billable_tokens += n if max_tokens is None else min(n, max_tokens)
+            flush(batch)
+            batch, batch_bytes = [], 0
+            if should_stop is not None and should_stop():
+                raise ValidationStopped(report.n_lines)
+        flush(batch)
     if report.n_lines == 0:
         report.add_error(
             Problem(0, None, None, "The file is empty; it must hold at least one example per line.", p.EMPTY)
@@ -131,20 +185,20 @@ def _scan(stream: BinaryIO, *, method: str, max_line_bytes: int) -> Iterator[_Ev
     first_line = 0
     for line in read_lines(stream, max_line_bytes=max_line_bytes):
         if line.value is None:
-            yield _Event(line.number, None, line.errors, line.warnings)
+            yield _Event(line.number, None, line.errors, line.warnings, size=line.size)
             continue
         fmt = detect_format(line.value)
         found = ExampleFindings(line.number, warnings=list(line.warnings))
         if fmt is None:
             found.error(describe_unknown_format(line.value), kind=p.FORMAT)
-            yield _Event(line.number, None, found.errors, found.warnings)
+            yield _Event(line.number, None, found.errors, found.warnings, size=line.size)
             continue
         if file_format is None:
             file_format, first_line = fmt, line.number
             if fmt not in METHOD_FORMATS[method]:
                 # The whole file is the wrong kind: one error, not one per line.
                 found.error(mismatch_message(fmt, method), kind=p.FORMAT_MISMATCH)
-                yield _Event(line.number, None, found.errors, found.warnings, format=fmt)
+                yield _Event(line.number, None, found.errors, found.warnings, format=fmt, size=line.size)
                 return
         elif fmt != file_format:
             found.error(
@@ -152,10 +206,10 @@ def _scan(stream: BinaryIO, *, method: str, max_line_bytes: int) -> Iterator[_Ev
                 f"{FORMAT_NAMES[file_format]} format; a file must use one format throughout",
                 kind=p.FORMAT,
             )
-            yield _Event(line.number, None, found.errors, found.warnings)
+            yield _Event(line.number, None, found.errors, found.warnings, size=line.size)
             continue
         example = check_example(line.value, fmt, found)
-        yield _Event(line.number, example, found.errors, found.warnings, format=fmt)
+        yield _Event(line.number, example, found.errors, found.warnings, format=fmt, size=line.size)
 
 
 def _counted(problem: Problem, n: int) -> Problem:
@@ -169,6 +223,16 @@ def _counted(problem: Problem, n: int) -> Problem:
         f"{problem.message} ({n:,} {where}, first at line {problem.line})",
         problem.kind,
     )
+
+
+class _OneByOne:
+    """A per-example counting callable as a ``TokenCounter``."""
+
+    def __init__(self, count: Callable[[dict], int]) -> None:
+        self.count = count
+
+    def count_many(self, examples: Sequence[dict]) -> list[int]:
+        return [self.count(example) for example in examples]
 
 
 @contextlib.contextmanager

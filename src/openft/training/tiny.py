@@ -12,6 +12,7 @@ templates do not understand parts either, see exactly what the tiny one sees.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -141,6 +142,63 @@ def build_tiny_model(
     )
     model.save_pretrained(path, safe_serialization=True)
     tokenizer.save_pretrained(path)
+    return path
+
+
+def write_tiny_gguf(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    """Write a float32 llama GGUF with the tokenizer and chat template of the tiny model in
+    ``tokenizer_dir`` (random weights of the same shape); return its path."""
+    import gguf
+    import numpy as np
+
+    hidden, layers, heads, kv_heads, ffn = 32, 2, 4, 2, 64
+    tokenizer = json.loads((tokenizer_dir / "tokenizer.json").read_text())
+    tokens = [t for t, _ in sorted(tokenizer["model"]["vocab"].items(), key=lambda item: item[1])]
+    merges = [" ".join(m) if isinstance(m, list) else m for m in tokenizer["model"]["merges"]]
+    special = {"<|endoftext|>", "<|im_start|>", "<|im_end|>"}
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(len(tokens))
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL if t in special else gguf.TokenType.NORMAL for t in tokens]
+    )
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(2)
+    writer.add_chat_template((tokenizer_dir / "chat_template.jinja").read_text())
+    rng = np.random.default_rng(seed)
+
+    def weight(name: str, *shape: int) -> None:
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.1).astype(np.float32))
+
+    weight("token_embd.weight", len(tokens), hidden)
+    kv_dim = hidden // heads * kv_heads
+    for i in range(layers):
+        weight(f"blk.{i}.attn_q.weight", hidden, hidden)
+        weight(f"blk.{i}.attn_k.weight", kv_dim, hidden)
+        weight(f"blk.{i}.attn_v.weight", kv_dim, hidden)
+        weight(f"blk.{i}.attn_output.weight", hidden, hidden)
+        weight(f"blk.{i}.ffn_gate.weight", ffn, hidden)
+        weight(f"blk.{i}.ffn_up.weight", ffn, hidden)
+        weight(f"blk.{i}.ffn_down.weight", hidden, ffn)
+        weight(f"blk.{i}.attn_norm.weight", hidden)
+        weight(f"blk.{i}.ffn_norm.weight", hidden)
+    weight("output_norm.weight", hidden)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
     return path
 
 

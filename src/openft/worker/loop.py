@@ -11,7 +11,7 @@ import threading
 from openft.worker.lease import LeaseKeeper
 from openft.worker.retry import PatientRuntime
 from openft.worker.runner import SubprocessLauncher, TrainingRun
-from openft.worker.validation import TransformersTokenizerSeam, validate_job
+from openft.worker.validation import TransformersTokenizerSeam, ValidationStopper, validate_job
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +52,17 @@ class Worker:
                 claim.generation,
                 lease_seconds=self.settings.lease_seconds,
                 heartbeat_seconds=self.settings.heartbeat_seconds,
-                poll_seconds=self.settings.heartbeat_seconds,
-            ):
+                # polled as often as a training run's, so a cancel stops validation within a poll
+                poll_seconds=self.settings.poll_seconds,
+            ) as keeper:
                 try:
-                    validate_job(self.services, claim, self.seam, runtime=runtime)
+                    validate_job(
+                        self.services,
+                        claim,
+                        self.seam,
+                        runtime=runtime,
+                        should_stop=ValidationStopper(keeper),
+                    )
                 except Exception as exc:
                     log.exception("job %s: validation crashed", claim.job_id)
                     runtime.fail(

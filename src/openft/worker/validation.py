@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from openft.datasets import validate_file
+from openft.datasets import ValidationStopped, validate_file
 from openft.domain import hyperparameters as hp_rules
+from openft.domain.lifecycle import JobStatus
 from openft.errors import NotFoundError
 
 log = logging.getLogger(__name__)
@@ -16,6 +18,8 @@ log = logging.getLogger(__name__)
 
 class TokenizerSeam(Protocol):
     """What validation needs from the base model; the real one loads its tokenizer lazily."""
+
+    def preparation_notice(self, base_model: str) -> str | None: ...
 
     def base_model_dir(self, base_model: str) -> Path: ...
 
@@ -30,6 +34,13 @@ class TransformersTokenizerSeam:
     def __init__(self, settings) -> None:
         self.settings = settings
 
+    def preparation_notice(self, base_model: str) -> str | None:
+        """What to tell the job when ``base_model_dir`` will first convert a GGUF (a minute or more)."""
+        from openft.training.base_models import BaseModelRegistry, conversion_notice
+
+        gguf = BaseModelRegistry.from_settings(self.settings).pending_conversion(base_model)
+        return None if gguf is None else conversion_notice(base_model, gguf)
+
     def base_model_dir(self, base_model: str) -> Path:
         from openft.training.base_models import BaseModelRegistry
 
@@ -41,11 +52,22 @@ class TransformersTokenizerSeam:
         return model_facts(model_dir)
 
     def counter(self, model_dir: Path, method: str):
-        from openft.training.data import Tokenizing, tokenize_example
         from openft.training.models import load_tokenizer
+        from openft.training.token_counts import TemplateTokenCounter
 
-        tok = Tokenizing(load_tokenizer(str(model_dir)))
-        return lambda example: sum(len(s) for s in tokenize_example(tok, example, method))
+        return TemplateTokenCounter(load_tokenizer(str(model_dir)), method)
+
+
+class ValidationStopper:
+    """``should_stop`` for a validation under a ``LeaseKeeper``: the API cancelled the job, or
+    another worker took it over."""
+
+    def __init__(self, keeper) -> None:
+        self.keeper = keeper
+
+    def __call__(self) -> bool:
+        status = self.keeper.status
+        return self.keeper.lost.is_set() or (status is not None and status != JobStatus.VALIDATING_FILES)
 
 
 @dataclass(frozen=True)
@@ -62,14 +84,23 @@ def _file_path(services, owner, file_id: str) -> FileCheck:
     return FileCheck(services.files.local_path(row))
 
 
-def validate_job(services, claim, seam: TokenizerSeam, *, runtime=None) -> None:
+def validate_job(
+    services, claim, seam: TokenizerSeam, *, runtime=None, should_stop: Callable[[], bool] | None = None
+) -> None:
     """Validate a claimed job's files; move it to ``queued`` with resolved hyperparameters, or to
-    ``failed`` with OpenAI's error codes. All writes are fenced by the claim's lease generation."""
+    ``failed`` with OpenAI's error codes. All writes are fenced by the claim's lease generation.
+
+    ``should_stop`` is asked every few hundred lines; when it says so (the job was cancelled, or
+    the lease lost) validation ends at once, writes nothing about the files and gives the lease back.
+    """
     runtime = runtime or services.runtime
     job = claim.job
     method = job.method_type
 
     try:
+        notice = seam.preparation_notice(job.base_model)
+        if notice is not None:
+            runtime.add_event(job.id, claim.generation, notice, dedup_key="base-model-conversion")
         model_dir = seam.base_model_dir(job.base_model)
         facts = seam.facts(model_dir)
         counter = seam.counter(model_dir, method)
@@ -103,14 +134,20 @@ def validate_job(services, claim, seam: TokenizerSeam, *, runtime=None) -> None:
             code = "invalid_training_file" if which == "training" else "invalid_validation_file"
             runtime.fail(job.id, claim.generation, code=code, message=check.missing, param=param)
             return
-        with open(check.path, "rb") as stream:
-            report = validate_file(
-                stream,
-                method=method,
-                count_tokens=counter,
-                max_tokens=max_tokens,
-                min_examples=10 if which == "training" else 1,
-            )
+        try:
+            with open(check.path, "rb") as stream:
+                report = validate_file(
+                    stream,
+                    method=method,
+                    count_tokens=counter,
+                    max_tokens=max_tokens,
+                    min_examples=10 if which == "training" else 1,
+                    should_stop=should_stop,
+                )
+        except ValidationStopped as stopped:
+            log.info("job %s: %s of the %s file", job.id, stopped, which)
+            runtime.release(job.id, claim.generation)
+            return
         if not report.ok:
             runtime.fail(
                 job.id,
