@@ -41,7 +41,7 @@ class AuthService:
         enforced by the CLI). Otherwise a valid Bearer key is required.
         """
         key = _bearer(authorization)
-        with self.services.db.transaction() as session:
+        with self.services.db.read() as session:
             keys_configured = store.any_key(session)
             organization_id = store.organization_for_key_hash(session, hash_key(key)) if key else None
         if not keys_configured:

@@ -184,7 +184,7 @@ class FileService:
 
     def get(self, organization_id: str, file_id: str) -> FileRow:
         """The file, if it exists, belongs to the organization and has not expired; else NotFoundError."""
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = store.get(session, organization_id, file_id, now=int(time.time()))
         if row is None:
             raise not_found(file_id)
@@ -203,7 +203,7 @@ class FileService:
             raise InvalidRequestError(
                 f"Invalid value for 'limit': {limit}. It must be between 1 and 10000.", param="limit"
             )
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             after_pk = None
             if after is not None:
                 after_pk = store.pk_of(session, organization_id, after)

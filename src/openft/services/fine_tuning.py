@@ -139,7 +139,7 @@ class FineTuningService:
     # -- read ------------------------------------------------------------------------------
 
     def retrieve(self, organization_id: str, job_id: str) -> JobRow:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = store.get_job(session, job_id, organization_id)
         if row is None:
             raise job_not_found(job_id)
@@ -153,7 +153,7 @@ class FineTuningService:
         limit: int | None = None,
         metadata: Mapping[str, str] | None = None,
     ) -> Page[JobRow]:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             after_pk = None
             if after:
                 after_pk = store.job_pk(session, organization_id, after)
@@ -175,7 +175,7 @@ class FineTuningService:
     def list_events(
         self, organization_id: str, job_id: str, *, after: str | None = None, limit: int | None = None
     ) -> Page[JobEventRow]:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             if store.get_job(session, job_id, organization_id) is None:
                 raise job_not_found(job_id)
             after_pk = _cursor(
@@ -189,7 +189,7 @@ class FineTuningService:
     def list_checkpoints(
         self, organization_id: str, job_id: str, *, after: str | None = None, limit: int | None = None
     ) -> Page[JobCheckpointRow]:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             if store.get_job(session, job_id, organization_id) is None:
                 raise job_not_found(job_id)
             after_pk = _cursor(

@@ -60,7 +60,7 @@ class ModelService:
         base = self.base_name(name)
         if base is not None:
             return FineTuningTarget(model=base, base_model=base)
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = store.get_model(session, name)
         if row is not None and row.organization_id == organization_id:
             return FineTuningTarget(model=name, base_model=row.base_model, parent_model=name)
@@ -79,7 +79,7 @@ class ModelService:
         base = self.base_name(name)
         if base is not None:
             return base, None
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = store.get_model(session, name)
         if row is None or row.organization_id != organization_id:
             raise model_not_found(name)
@@ -94,7 +94,7 @@ class ModelService:
     def list(self, organization_id: str) -> list[ModelInfo]:
         """Base models and aliases first (owned by ``system``), then the caller's models, oldest first."""
         out = [ModelInfo(name, self._base_created(name), SYSTEM_OWNER) for name in self._public_base_names()]
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             owner = store.org_slug(session, organization_id)
             rows = store.list_models(session, organization_id)
         out.extend(ModelInfo(row.id, row.created_at, owner) for row in rows)
@@ -104,7 +104,7 @@ class ModelService:
         base = self.base_name(name)
         if base is not None:
             return ModelInfo(name, self._base_created(base), SYSTEM_OWNER)
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = store.get_model(session, name)
             if row is None or row.organization_id != organization_id:
                 raise model_not_found(name)

@@ -84,7 +84,7 @@ class UploadService:
         return UploadView(row, "pending")
 
     def get(self, organization_id: str, upload_id: str) -> UploadView:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = store.get(session, organization_id, upload_id)
             if row is None:
                 raise NotFoundError(f"No such Upload object: {upload_id}", param="upload_id")
@@ -146,7 +146,7 @@ class UploadService:
         self, organization_id: str, upload_id: str, part_ids: list[str], md5: str | None = None
     ) -> UploadView:
         upload = self.check_open(organization_id, upload_id)
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             by_id = {part.id: part for part in store.parts(session, upload_id)}
         ordered = self._ordered_parts(upload, by_id, part_ids)
 
