@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
-from openft.api import chat, dashboard, deps, errors, files, fine_tuning, models, uploads
+from openft.api import bodies, chat, dashboard, deps, errors, files, fine_tuning, models, uploads
 from openft.services.context import Services
 from openft.services.inference import ServicesModelResolver
 from openft.serving.engine import InferenceEngine
@@ -28,6 +28,8 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     )
     app.state.settings = settings
     app.state.services = services if services is not None else Services.build(settings)
+    # Added before errors.install so that the request-id middleware wraps its refusals too.
+    app.add_middleware(bodies.RequestBodies, settings=lambda: app.state.services.settings)
     errors.install(app)
     for router in ROUTERS:
         app.include_router(router, prefix="/v1", dependencies=[Depends(deps.authenticate)])

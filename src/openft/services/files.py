@@ -199,7 +199,7 @@ class FileService:
         order: Literal["asc", "desc"] = "desc",
         after: str | None = None,
     ) -> tuple[list[FileRow], bool]:
-        if limit < 0 or limit > 10000:
+        if not 1 <= limit <= 10000:
             raise InvalidRequestError(
                 f"Invalid value for 'limit': {limit}. It must be between 1 and 10000.", param="limit"
             )

@@ -37,6 +37,10 @@ class FineTuningTarget:
     base_model: str
     parent_model: str | None = None
 
+    @property
+    def is_alias(self) -> bool:
+        return self.parent_model is None and self.model != self.base_model
+
 
 def model_not_found(name: str) -> NotFoundError:
     return NotFoundError(f"The model '{name}' does not exist", param="model", code="model_not_found")
@@ -56,10 +60,13 @@ class ModelService:
         return self.settings.model_aliases.get(name)
 
     def resolve_for_fine_tuning(self, organization_id: str, name: str) -> FineTuningTarget:
-        """A base name or alias trains that base; an ``ft:`` model of the caller continues it."""
+        """A base name or alias trains that base; an ``ft:`` model of the caller continues it.
+
+        An alias keeps the caller's name in ``model`` (and so in the ``ft:`` name), as OpenAI
+        reports the model that was asked for; ``base_model`` is the open model that trains."""
         base = self.base_name(name)
         if base is not None:
-            return FineTuningTarget(model=base, base_model=base)
+            return FineTuningTarget(model=name, base_model=base)
         with self.db.read() as session:
             row = store.get_model(session, name)
         if row is not None and row.organization_id == organization_id:
