@@ -32,11 +32,13 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     app.add_middleware(bodies.RequestBodies, settings=lambda: app.state.services.settings)
     errors.install(app)
     for router in ROUTERS:
-        app.include_router(router, prefix="/v1", dependencies=[Depends(deps.authenticate)])
+        app.include_router(
+            router, prefix="/v1", dependencies=[Depends(deps.check_url), Depends(deps.authenticate)]
+        )
     # Chat completions: the engine imports torch lazily, on the first request for a model.
     app.state.model_resolver = ServicesModelResolver(app.state.services)
     app.state.inference = InferenceEngine(max_adapter_bytes=settings.serving_memory_budget_bytes)
-    app.include_router(chat.router, dependencies=[Depends(deps.authenticate)])
+    app.include_router(chat.router, dependencies=[Depends(deps.check_url), Depends(deps.authenticate)])
     # The dashboard is static and public; it calls the same /v1 API, with the user's key.
     app.include_router(dashboard.router)
     return app
