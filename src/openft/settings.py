@@ -36,6 +36,8 @@ class Settings:
     max_part_bytes: int = 64 * 1024 * 1024
     max_json_body_bytes: int = 8 * 1024 * 1024
     body_timeout_seconds: float = 60.0
+    # How often each API process sweeps expired uploads, expired files and orphan blobs (0: never).
+    sweep_interval_seconds: float = 600.0
     # Worker
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
@@ -96,6 +98,8 @@ class Settings:
                 values[name] = _int(env, key)
         if "OPENFT_BODY_TIMEOUT_SECONDS" in env:
             values["body_timeout_seconds"] = _float(env, "OPENFT_BODY_TIMEOUT_SECONDS")
+        if "OPENFT_SWEEP_INTERVAL_SECONDS" in env:
+            values["sweep_interval_seconds"] = _float(env, "OPENFT_SWEEP_INTERVAL_SECONDS")
         if "OPENFT_MAX_ATTEMPTS" in env:
             values["max_attempts"] = _int(env, "OPENFT_MAX_ATTEMPTS")
         if "OPENFT_ORGANIZATION" in env:
@@ -131,6 +135,8 @@ class Settings:
                 raise SettingsError(f"{key} must be at least 1 byte.")
         if not self.body_timeout_seconds > 0:
             raise SettingsError("OPENFT_BODY_TIMEOUT_SECONDS must be greater than 0.")
+        if not self.sweep_interval_seconds >= 0:
+            raise SettingsError("OPENFT_SWEEP_INTERVAL_SECONDS must be 0 (never) or a number of seconds.")
 
 
 def _int(env, key: str) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
-from openft.api import bodies, chat, dashboard, deps, errors, files, fine_tuning, models, uploads
+from openft.api import bodies, chat, dashboard, deps, errors, files, fine_tuning, models, sweeper, uploads
 from openft.services.context import Services
 from openft.services.inference import ServicesModelResolver
 from openft.serving.engine import InferenceEngine
@@ -24,7 +24,12 @@ ROUTERS: list[APIRouter] = [
 def create_app(settings: Settings, *, services: Services | None = None) -> FastAPI:
     """Build the app. ``services`` defaults to ``Services.build(settings)`` (migrates the database)."""
     app = FastAPI(
-        title="openft", version=__version__, openapi_url="/v1/openapi.json", docs_url=None, redoc_url=None
+        title="openft",
+        version=__version__,
+        openapi_url="/v1/openapi.json",
+        docs_url=None,
+        redoc_url=None,
+        lifespan=sweeper.lifespan,  # the storage sweep, every OPENFT_SWEEP_INTERVAL_SECONDS
     )
     app.state.settings = settings
     app.state.services = services if services is not None else Services.build(settings)

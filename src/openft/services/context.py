@@ -11,6 +11,7 @@ from openft.services.fine_tuning import FineTuningService
 from openft.services.job_runtime import JobRuntime
 from openft.services.models import ModelService
 from openft.services.organizations import OrganizationService
+from openft.services.storage import StorageService
 from openft.services.uploads import UploadService
 from openft.settings import Settings
 from openft.store.blobs import BlobStore
@@ -59,6 +60,7 @@ class Services:
     models = service(ModelService)
     fine_tuning = service(FineTuningService)
     runtime = service(JobRuntime)
+    storage = service(StorageService)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
