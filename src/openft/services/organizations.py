@@ -44,6 +44,11 @@ class OrganizationService:
                 assert row is not None
                 return row
 
+    def find(self, name: str) -> OrganizationRow | None:
+        """The organization called ``name`` (slugged), or None; never creates one."""
+        with self.db.read() as session:
+            return store.get_by_name(session, ids.slug(name))
+
     def ensure_default(self) -> OrganizationRow:
         return self.ensure(self.default_name)
 
