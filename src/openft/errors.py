@@ -48,6 +48,12 @@ class PayloadTooLargeError(OpenFTError):
     status_code = 413
 
 
+class RequestTimeoutError(OpenFTError):
+    """The request body stopped arriving (408; the SDK retries it)."""
+
+    status_code = 408
+
+
 class ServerError(OpenFTError):
     """Our fault. Never raised after a create has committed (the SDK would retry it)."""
 

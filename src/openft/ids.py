@@ -65,6 +65,19 @@ def slug(text: str) -> str:
     return _SLUG_BAD.sub("-", text.lower()).strip("-") or "personal"
 
 
+_CHECKPOINT_TAIL = re.compile(r":ckpt-step-\d+$")
+
+
+def named_base(model: str, parent_model: str | None) -> str:
+    """The ``{base}`` of a job's ``ft:`` name: the model the caller named (an alias stays an
+    alias), or for a job that continues an ``ft:`` model, that model's own ``{base}``.
+
+    Parsed from the right (org, suffix and id8 hold no ':'), so a base name may contain ':'."""
+    if parent_model is None:
+        return model
+    return _CHECKPOINT_TAIL.sub("", parent_model.removeprefix("ft:")).rsplit(":", 3)[0]
+
+
 def fine_tuned_model_name(base: str, org_slug: str, suffix: str | None, id8: str) -> str:
     """``ft:{base}:{org}:{suffix}:{id8}``; an absent suffix leaves its segment empty, as at OpenAI."""
     return f"ft:{base}:{org_slug}:{suffix or ''}:{id8}"

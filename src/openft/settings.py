@@ -29,9 +29,15 @@ class Settings:
     # alias -> base model name, so scripts that say "gpt-4o-mini" land on a chosen open model
     model_aliases: dict[str, str] = field(default_factory=dict)
     default_organization: str = "personal"
+    # Request limits: OpenAI's 512 MB per file, 64 MB per Uploads part, 8 GB per upload; JSON
+    # bodies a few MB; a body that sends nothing for body_timeout_seconds is abandoned (408).
     max_file_bytes: int = 512 * 1024 * 1024
     max_upload_bytes: int = 8 * 1024 * 1024 * 1024
     max_part_bytes: int = 64 * 1024 * 1024
+    max_json_body_bytes: int = 8 * 1024 * 1024
+    body_timeout_seconds: float = 60.0
+    # How often each API process sweeps expired uploads, expired files and orphan blobs (0: never).
+    sweep_interval_seconds: float = 600.0
     # Worker
     lease_seconds: float = 60.0
     heartbeat_seconds: float = 5.0
@@ -94,6 +100,18 @@ class Settings:
         ):
             if key in env:
                 values[name] = _float(env, key)
+        for name, key in (
+            ("max_file_bytes", "OPENFT_MAX_FILE_BYTES"),
+            ("max_upload_bytes", "OPENFT_MAX_UPLOAD_BYTES"),
+            ("max_part_bytes", "OPENFT_MAX_UPLOAD_PART_BYTES"),
+            ("max_json_body_bytes", "OPENFT_MAX_JSON_BODY_BYTES"),
+        ):
+            if key in env:
+                values[name] = _int(env, key)
+        if "OPENFT_BODY_TIMEOUT_SECONDS" in env:
+            values["body_timeout_seconds"] = _float(env, "OPENFT_BODY_TIMEOUT_SECONDS")
+        if "OPENFT_SWEEP_INTERVAL_SECONDS" in env:
+            values["sweep_interval_seconds"] = _float(env, "OPENFT_SWEEP_INTERVAL_SECONDS")
         if "OPENFT_MAX_ATTEMPTS" in env:
             values["max_attempts"] = _int(env, "OPENFT_MAX_ATTEMPTS")
         if "OPENFT_ORGANIZATION" in env:
@@ -143,6 +161,18 @@ class Settings:
             raise SettingsError(
                 "OPENFT_WEBHOOK_TIMEOUT_SECONDS and OPENFT_WEBHOOK_POLL_SECONDS must be positive."
             )
+        for name, key in (
+            ("max_file_bytes", "OPENFT_MAX_FILE_BYTES"),
+            ("max_upload_bytes", "OPENFT_MAX_UPLOAD_BYTES"),
+            ("max_part_bytes", "OPENFT_MAX_UPLOAD_PART_BYTES"),
+            ("max_json_body_bytes", "OPENFT_MAX_JSON_BODY_BYTES"),
+        ):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{key} must be at least 1 byte.")
+        if not self.body_timeout_seconds > 0:
+            raise SettingsError("OPENFT_BODY_TIMEOUT_SECONDS must be greater than 0.")
+        if not self.sweep_interval_seconds >= 0:
+            raise SettingsError("OPENFT_SWEEP_INTERVAL_SECONDS must be 0 (never) or a number of seconds.")
 
 
 def _int(env, key: str) -> int:

@@ -166,9 +166,10 @@ def test_list_filters_by_purpose(client, many_files):
     assert ids == many_files[1::2][::-1]
 
 
-def test_list_with_limit_zero_is_tolerated(client, many_files):
-    page = client.files.list(limit=0)
-    assert page.data == [] and page.has_more is True
+def test_list_with_limit_zero_answers_400(client, many_files):
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.files.list(limit=0)
+    assert caught.value.param == "limit" and "0" in caught.value.message
 
 
 def test_list_with_limit_over_10000_answers_400(client):

@@ -93,7 +93,7 @@ def test_create_with_every_field_echoes_them(client, training_file):
         },
     )
 
-    assert job.model == DEFAULT_BASE_MODEL  # the alias resolves to the configured base
+    assert job.model == "gpt-4o-mini"  # the caller's name; the alias trains the configured base
     assert (job.validation_file, job.seed, job.metadata) == (
         validation_file,
         42,

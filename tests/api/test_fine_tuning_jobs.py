@@ -81,9 +81,17 @@ def test_list_paginates_55_jobs_newest_first(client, services, org, training_fil
     assert (end.data, end.has_more) == ([], False)
 
 
-def test_list_limit_zero_is_tolerated(client, services, org, training_file):
-    new_job(services, org, training_file)
-    assert len(client.fine_tuning.jobs.list(limit=0).data) == 1
+@pytest.mark.parametrize("limit", [0, -1, 1001])
+def test_list_limit_out_of_range_answers_400(client, services, org, training_file, limit):
+    job_id = new_job(services, org, training_file)
+    for list_call in (
+        lambda: client.fine_tuning.jobs.list(limit=limit),
+        lambda: client.fine_tuning.jobs.list_events(job_id, limit=limit),
+        lambda: client.fine_tuning.jobs.checkpoints.list(job_id, limit=limit),
+    ):
+        with pytest.raises(openai.BadRequestError) as raised:
+            list_call()
+        assert raised.value.param == "limit" and str(limit) in raised.value.message
 
 
 def test_list_unknown_after_answers_400(client):

@@ -158,7 +158,7 @@ def test_bad_training_file_fails_validation_without_training(client, services):
     bad = b'{"messages": [{"role": "user", "content": "hi"}]}\n' * 12
     training = client.files.create(file=("bad.jsonl", bad), purpose="fine-tune")
     job = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training.id)
-    assert job.model == BASE  # the alias lands on the configured open model
+    assert job.model == "gpt-4o-mini"  # the caller's name; the alias trains the configured open model
 
     Worker(services).run(burst=True)
 

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
 from openft.api import (
+    bodies,
     chat,
     checkpoint_permissions,
     dashboard,
@@ -18,6 +19,7 @@ from openft.api import (
     fine_tuning,
     metrics,
     models,
+    sweeper,
     uploads,
 )
 from openft.services.context import Services
@@ -46,7 +48,9 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         # deliveries are leased). In-process test clients that never start the app send none.
         dispatcher = WebhookDispatcher(app.state.services).start() if settings.webhook_delivery else None
         try:
-            yield
+            # and sweeps expired and orphaned storage every OPENFT_SWEEP_INTERVAL_SECONDS
+            async with sweeper.lifespan(app):
+                yield
         finally:
             if dispatcher is not None:
                 dispatcher.stop()
@@ -61,13 +65,17 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
     )
     app.state.settings = settings
     app.state.services = services if services is not None else Services.build(settings)
+    # Added before errors.install so that the request-id middleware wraps its refusals too.
+    app.add_middleware(bodies.RequestBodies, settings=lambda: app.state.services.settings)
     errors.install(app)
     for router in ROUTERS:
-        app.include_router(router, prefix="/v1", dependencies=[Depends(deps.authenticate)])
+        app.include_router(
+            router, prefix="/v1", dependencies=[Depends(deps.check_url), Depends(deps.authenticate)]
+        )
     # Chat completions: the engine imports torch lazily, on the first request for a model.
     app.state.model_resolver = ServicesModelResolver(app.state.services)
     app.state.inference = InferenceEngine(max_adapter_bytes=settings.serving_memory_budget_bytes)
-    app.include_router(chat.router, dependencies=[Depends(deps.authenticate)])
+    app.include_router(chat.router, dependencies=[Depends(deps.check_url), Depends(deps.authenticate)])
     # The dashboard is static and public; it calls the same /v1 API, with the user's key.
     app.include_router(dashboard.router)
     # /metrics for Prometheus (OPENFT_METRICS_TOKEN protects it), and request latency by route.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
@@ -39,9 +41,10 @@ async def add_upload_part(
     upload_id: str, request: Request, services: ServicesDep, organization_id: OrganizationId
 ) -> UploadPart:
     uploads = services.uploads
-    # Refuse before reading a byte of a part that could never be added.
-    await run_in_threadpool(uploads.check_open, organization_id, upload_id)
-    form = await multipart.read_form(request, "data", uploads.stage_part, uploads.discard)
+    # Refuse before reading a byte of a part that could never be added, and stop reading one
+    # that would take the upload past its declared size.
+    room = await run_in_threadpool(uploads.room_for_part, organization_id, upload_id)
+    form = await multipart.read_form(request, "data", partial(uploads.stage_part, room=room), uploads.discard)
     assert form.stored is not None
     part = await run_in_threadpool(uploads.add_part, organization_id, upload_id, form.stored)
     return UploadPart.from_row(part)

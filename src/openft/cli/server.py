@@ -156,14 +156,24 @@ def export(model: str, directory: Path, fmt: str, organization: str | None) -> N
 
     Runs on the server's machine against its database and storage, like `openft worker`.
     """
+    from openft.errors import OpenFTError
     from openft.services.context import Services
     from openft.services.inference import ServicesModelResolver
     from openft.serving.export import export as write
 
     settings = _settings()
     services = Services.build(settings)
-    org = services.organizations.ensure(organization or settings.default_organization)
-    resolved = ServicesModelResolver(services).resolve(org.id, model)
+    name = organization or settings.default_organization
+    # Look up, never create: a typo in -o must not leave a new organization behind.
+    org = services.organizations.find(name)
+    if org is None:
+        raise click.ClickException(f"No organization named {name!r}; nothing was exported.")
+    try:
+        resolved = ServicesModelResolver(services).resolve(org.id, model)
+    except OpenFTError as exc:
+        raise click.ClickException(
+            f"{exc.message} (organization {org.name!r}); nothing was exported."
+        ) from None
     out = write(resolved, fmt, directory)
     click.echo(f"wrote {fmt} to {out}")
     if fmt == "adapter":

@@ -30,6 +30,10 @@ MAX_TARGET_EXAMPLES = 25_000
 MIN_DEFAULT_EPOCHS = 1
 MAX_DEFAULT_EPOCHS = 25
 DEFAULT_MAX_SEQ_LENGTH = 2048
+# Upper bounds for the real-valued knobs: past them training can only diverge (and an infinite or
+# NaN value would fail the job as nan_loss long after create said yes). Comparisons refuse NaN.
+MAX_LEARNING_RATE_MULTIPLIER = 100
+MAX_LORA_ALPHA = 65536
 
 OPENAI_KEYS = ("batch_size", "learning_rate_multiplier", "n_epochs")
 EXTENSION_KEYS = (
@@ -86,9 +90,10 @@ def check(method: str, hyperparameters: dict[str, Any], param_prefix: str) -> di
     _int_in("n_epochs", hp["n_epochs"], 1, 50, p("n_epochs"))
     _int_in("batch_size", hp["batch_size"], 1, 256, p("batch_size"))
     lrm = hp["learning_rate_multiplier"]
-    if lrm != AUTO and not (_is_number(lrm) and lrm > 0 and math.isfinite(lrm)):
+    if lrm != AUTO and not (_is_number(lrm) and 0 < lrm <= MAX_LEARNING_RATE_MULTIPLIER):
         raise HyperparameterError(
-            f"Invalid value for learning_rate_multiplier: {lrm!r}. Expected 'auto' or a number > 0.",
+            f"Invalid value for learning_rate_multiplier: {lrm!r}. Expected 'auto' or a number > 0 and at "
+            f"most {MAX_LEARNING_RATE_MULTIPLIER} (it multiplies a base rate of about 2e-4).",
             p("learning_rate_multiplier"),
         )
     if "beta" in hp:
@@ -105,9 +110,11 @@ def check(method: str, hyperparameters: dict[str, Any], param_prefix: str) -> di
         )
     _int_in("lora_rank", hp["lora_rank"], 1, 1024, p("lora_rank"))
     alpha = hp["lora_alpha"]
-    if alpha != AUTO and not (_is_number(alpha) and alpha > 0):
+    if alpha != AUTO and not (_is_number(alpha) and 0 < alpha <= MAX_LORA_ALPHA):
         raise HyperparameterError(
-            f"Invalid value for lora_alpha: {alpha!r}. Expected 'auto' or a number > 0.", p("lora_alpha")
+            f"Invalid value for lora_alpha: {alpha!r}. Expected 'auto' or a number > 0 and at most "
+            f"{MAX_LORA_ALPHA}.",
+            p("lora_alpha"),
         )
     dropout = hp["lora_dropout"]
     if dropout != AUTO and not (_is_number(dropout) and 0 <= dropout < 1):

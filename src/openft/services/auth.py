@@ -49,7 +49,7 @@ class AuthService:
         (id or name), else in the default project.
         """
         key = _bearer(authorization)
-        with self.services.db.transaction() as session:
+        with self.services.db.read() as session:
             keys_configured = store.any_key(session)
             owner = store.key_owner(session, hash_key(key)) if key else None
         if not keys_configured:

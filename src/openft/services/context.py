@@ -14,6 +14,7 @@ from openft.services.models import ModelService
 from openft.services.operator_metrics import OperatorMetricsService
 from openft.services.organizations import OrganizationService
 from openft.services.projects import ProjectService
+from openft.services.storage import StorageService
 from openft.services.uploads import UploadService
 from openft.services.webhooks import WebhookService
 from openft.settings import Settings
@@ -67,6 +68,7 @@ class Services:
     checkpoint_permissions = service(CheckpointPermissionService)
     webhooks = service(WebhookService)
     operator_metrics = service(OperatorMetricsService)
+    storage = service(StorageService)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

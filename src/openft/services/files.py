@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from openft import ids
+from openft import ids, jsontext
 from openft.domain.scope import Owner, Scope
 from openft.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
 from openft.store import files as store
@@ -27,6 +27,9 @@ MAX_EXPIRY_SECONDS = 30 * 24 * 3600
 # A first line longer than this is left to the job's validation phase rather than parsed here.
 FIRST_LINE_PROBE_BYTES = 16 * 1024 * 1024
 NOT_JSONL = "Invalid file format for Fine-Tuning API. Must be .jsonl"
+# The columns that store them (files.filename, uploads.filename, uploads.mime_type).
+MAX_FILENAME = 1024
+MAX_MIME_TYPE = 256
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,18 @@ def check_purpose(purpose: str | None, allowed: tuple[str, ...] = CREATE_PURPOSE
             param="purpose",
         )
     return purpose
+
+
+def check_text(value: str, what: str, limit: int, param: str) -> str:
+    """A caller's text that a column stores: at most ``limit`` characters, no NUL (PostgreSQL
+    text cannot hold one)."""
+    if "\x00" in value:
+        raise InvalidRequestError(f"The {what} contains a NUL character, which is not allowed.", param=param)
+    if len(value) > limit:
+        raise InvalidRequestError(
+            f"The {what} is {len(value)} characters long; at most {limit} are allowed.", param=param
+        )
+    return value
 
 
 def expiry(anchor: str | None, seconds: str | int | None, created_at: int) -> int | None:
@@ -115,8 +130,8 @@ class FileService:
         try:
             purpose = check_purpose(purpose)
             expires_at = expiry(expires_after_anchor, expires_after_seconds, created_at)
-            if purpose == "fine-tune" and not self.looks_like_jsonl(staged.key):
-                raise InvalidRequestError(NOT_JSONL, param="file")
+            if purpose == "fine-tune" and (problem := self.jsonl_problem(staged.key)):
+                raise InvalidRequestError(problem, param="file")
             return self.record(owner, staged, filename=filename, purpose=purpose, expires_at=expires_at)
         except BaseException:
             self.discard(staged)
@@ -163,8 +178,10 @@ class FileService:
             self.discard(staged)
             raise
 
-    def looks_like_jsonl(self, key: str) -> bool:
-        """Content, not extension, decides: the first non-blank line must be a JSON object."""
+    def jsonl_problem(self, key: str) -> str | None:
+        """Why the blob is not JSONL, or None. Content, not extension, decides: the first
+        non-blank line must be a JSON object (nested at most ``jsontext.MAX_DEPTH`` levels, so
+        that parsing it cannot exhaust the parser's recursion)."""
         buffer = b""
         for chunk in self.blobs.read_chunks(key):
             buffer += chunk
@@ -173,19 +190,24 @@ class FileService:
                 break
         first = buffer.lstrip(b"\xef\xbb\xbf \t\r\n").split(b"\n", 1)[0].strip()
         if not first:
-            return False  # empty or blank: nothing to train on, and certainly not JSONL
+            return NOT_JSONL  # empty or blank: nothing to train on, and certainly not JSONL
         if len(first) >= FIRST_LINE_PROBE_BYTES:
-            return True
+            return None
+        if jsontext.nesting_depth_exceeds(first):
+            return (
+                f"{NOT_JSONL}: line 1 nests arrays and objects more than {jsontext.MAX_DEPTH} levels deep; "
+                "a training example is a JSON object with a 'messages' list."
+            )
         try:
-            return isinstance(json.loads(first), dict)
+            return None if isinstance(json.loads(first), dict) else NOT_JSONL
         except (ValueError, UnicodeDecodeError):
-            return False
+            return NOT_JSONL
 
     # -- reading ---------------------------------------------------------------------------------
 
     def get(self, owner: Owner, file_id: str) -> FileRow:
         """The file, if it exists, belongs to the owner's project and has not expired; else NotFoundError."""
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = store.get(session, Scope.of(owner), file_id, now=int(time.time()))
         if row is None:
             raise not_found(file_id)
@@ -200,12 +222,12 @@ class FileService:
         order: Literal["asc", "desc"] = "desc",
         after: str | None = None,
     ) -> tuple[list[FileRow], bool]:
-        if limit < 0 or limit > 10000:
+        if not 1 <= limit <= 10000:
             raise InvalidRequestError(
                 f"Invalid value for 'limit': {limit}. It must be between 1 and 10000.", param="limit"
             )
         scope = Scope.of(owner)
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             after_pk = None
             if after is not None:
                 after_pk = store.pk_of(session, scope, after)

@@ -48,11 +48,15 @@ def job_not_found(job_id: str) -> NotFoundError:
     )
 
 
-def clamp_limit(limit: int | None, default: int) -> int:
-    """``limit=0`` appears in the SDK's own tests: answer with one item rather than an error."""
+def check_limit(limit: int | None, default: int) -> int:
+    """A page size from 1 to MAX_LIMIT; anything else (0 included) is a 400 naming ``limit``."""
     if limit is None:
         return default
-    return max(1, min(int(limit), MAX_LIMIT))
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequestError(
+            f"Invalid value for 'limit': {limit}. It must be between 1 and {MAX_LIMIT}.", param="limit"
+        )
+    return limit
 
 
 class FineTuningService:
@@ -120,6 +124,14 @@ class FineTuningService:
             session.add(row)
             session.flush()
             store.add_event(session, job_id, f"Created fine-tuning job: {job_id}", data={})
+            if target.is_alias:
+                store.add_event(
+                    session,
+                    job_id,
+                    f"Model {target.model} is an alias on this server: training the open model "
+                    f"{target.base_model}",
+                    data={"model": target.model, "base_model": target.base_model},
+                )
             store.add_event(session, job_id, validating, data={})
         return row
 
@@ -142,7 +154,7 @@ class FineTuningService:
     # -- read ------------------------------------------------------------------------------
 
     def retrieve(self, owner: Owner, job_id: str) -> JobRow:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = store.get_job(session, job_id, Scope.of(owner))
         if row is None:
             raise job_not_found(job_id)
@@ -157,7 +169,7 @@ class FineTuningService:
         metadata: Mapping[str, str] | None = None,
     ) -> Page[JobRow]:
         scope = Scope.of(owner)
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             after_pk = None
             if after:
                 after_pk = store.job_pk(session, scope, after)
@@ -171,7 +183,7 @@ class FineTuningService:
                 session,
                 scope,
                 after_pk=after_pk,
-                limit=clamp_limit(limit, 20),
+                limit=check_limit(limit, 20),
                 metadata=dict(metadata or {}),
             )
         return Page(rows, has_more)
@@ -179,28 +191,28 @@ class FineTuningService:
     def list_events(
         self, owner: Owner, job_id: str, *, after: str | None = None, limit: int | None = None
     ) -> Page[JobEventRow]:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             if store.get_job(session, job_id, Scope.of(owner)) is None:
                 raise job_not_found(job_id)
             after_pk = _cursor(
                 store.event_pk(session, job_id, after) if after else None, after, job_id, "event"
             )
             rows, has_more = store.list_events(
-                session, job_id, after_pk=after_pk, limit=clamp_limit(limit, 20)
+                session, job_id, after_pk=after_pk, limit=check_limit(limit, 20)
             )
         return Page(rows, has_more)
 
     def list_checkpoints(
         self, owner: Owner, job_id: str, *, after: str | None = None, limit: int | None = None
     ) -> Page[JobCheckpointRow]:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             if store.get_job(session, job_id, Scope.of(owner)) is None:
                 raise job_not_found(job_id)
             after_pk = _cursor(
                 store.checkpoint_pk(session, job_id, after) if after else None, after, job_id, "checkpoint"
             )
             rows, has_more = store.list_checkpoints(
-                session, job_id, after_pk=after_pk, limit=clamp_limit(limit, 10)
+                session, job_id, after_pk=after_pk, limit=check_limit(limit, 10)
             )
         return Page(rows, has_more)
 

@@ -320,7 +320,9 @@ class JobRuntime:
             job = store.get_job(session, job_id)
             assert job is not None
             slug = store.org_slug(session, job.organization_id)
-            name = ids.checkpoint_model_name(job.base_model, slug, job.suffix, ids.model_id8(), step)
+            name = ids.checkpoint_model_name(
+                ids.named_base(job.model, job.parent_model), slug, job.suffix, ids.model_id8(), step
+            )
             self._add_checkpoint(
                 session, job, step=step, metrics=metrics, path=path, name=name, servable=True
             )
@@ -474,7 +476,9 @@ class JobRuntime:
             job = store.get_job(session, job_id)
             assert job is not None
             slug = store.org_slug(session, job.organization_id)
-            name = ids.fine_tuned_model_name(job.base_model, slug, job.suffix, ids.model_id8())
+            name = ids.fine_tuned_model_name(
+                ids.named_base(job.model, job.parent_model), slug, job.suffix, ids.model_id8()
+            )
             now = store.now()
             moved = store.compare_and_set(
                 session,

@@ -40,6 +40,10 @@ class FineTuningTarget:
     base_model: str
     parent_model: str | None = None
 
+    @property
+    def is_alias(self) -> bool:
+        return self.parent_model is None and self.model != self.base_model
+
 
 def model_not_found(name: str) -> NotFoundError:
     return NotFoundError(f"The model '{name}' does not exist", param="model", code="model_not_found")
@@ -60,11 +64,14 @@ class ModelService:
 
     def resolve_for_fine_tuning(self, owner: Owner, name: str) -> FineTuningTarget:
         """A base name or alias trains that base; an ``ft:`` model of the caller's project, or one
-        shared with it, continues it."""
+        shared with it, continues it.
+
+        An alias keeps the caller's name in ``model`` (and so in the ``ft:`` name), as OpenAI
+        reports the model that was asked for; ``base_model`` is the open model that trains."""
         base = self.base_name(name)
         if base is not None:
-            return FineTuningTarget(model=base, base_model=base)
-        with self.db.transaction() as session:
+            return FineTuningTarget(model=name, base_model=base)
+        with self.db.read() as session:
             row = self._usable(session, Scope.of(owner), name)
         if row is not None:
             return FineTuningTarget(model=name, base_model=row.base_model, parent_model=name)
@@ -84,7 +91,7 @@ class ModelService:
         base = self.base_name(name)
         if base is not None:
             return base, None
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = self._usable(session, Scope.of(owner), name)
         if row is None:
             raise model_not_found(name)
@@ -101,7 +108,7 @@ class ModelService:
         first, then the models shared with it (``owned_by`` their owner's organization)."""
         scope = Scope.of(owner)
         out = [ModelInfo(name, self._base_created(name), SYSTEM_OWNER) for name in self._public_base_names()]
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             rows = store.list_models(session, scope) + project_store.shared_models(session, scope)
             out.extend(
                 ModelInfo(row.id, row.created_at, store.org_slug(session, row.organization_id))
@@ -113,7 +120,7 @@ class ModelService:
         base = self.base_name(name)
         if base is not None:
             return ModelInfo(name, self._base_created(base), SYSTEM_OWNER)
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = self._usable(session, Scope.of(owner), name)
             if row is None:
                 raise model_not_found(name)

@@ -29,7 +29,7 @@ class OrganizationService:
     def ensure(self, name: str) -> OrganizationRow:
         """Return the organization called ``name`` (slugged), creating it if needed."""
         slug = ids.slug(name)
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = store.get_by_name(session, slug)
             if row is not None:
                 return row
@@ -40,21 +40,26 @@ class OrganizationService:
             return row
         except IntegrityError:
             # Another process (an API replica, the CLI) created it between our read and our insert.
-            with self.db.transaction() as session:
+            with self.db.read() as session:
                 row = store.get_by_name(session, slug)
                 assert row is not None
                 return row
+
+    def find(self, name: str) -> OrganizationRow | None:
+        """The organization called ``name`` (slugged), or None; never creates one."""
+        with self.db.read() as session:
+            return store.get_by_name(session, ids.slug(name))
 
     def ensure_default(self) -> OrganizationRow:
         return self.ensure(self.default_name)
 
     def get(self, organization_id: str) -> OrganizationRow | None:
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             return store.get(session, organization_id)
 
     def has_keys(self) -> bool:
         """Whether any API key exists; without one every caller is the default organization."""
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             return store.any_key(session)
 
     def create_key(self, org_name: str, *, key_name: str | None = None, project: str | None = None) -> str:

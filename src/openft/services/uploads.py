@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 from openft import ids
 from openft.domain.scope import Owner, Scope
 from openft.errors import InvalidRequestError, NotFoundError, PayloadTooLargeError
-from openft.services.files import NOT_JSONL, StagedBlob, check_purpose, expiry
+from openft.services.files import MAX_FILENAME, MAX_MIME_TYPE, StagedBlob, check_purpose, check_text, expiry
 from openft.store import files as file_store
 from openft.store import uploads as store
 from openft.store.blobs import BlobTooLarge
@@ -65,6 +65,8 @@ class UploadService:
             )
         if not filename:
             raise InvalidRequestError("Missing required parameter: 'filename'.", param="filename")
+        check_text(filename, "filename", MAX_FILENAME, "filename")
+        check_text(mime_type, "mime_type", MAX_MIME_TYPE, "mime_type")
         now = int(time.time())
         # Validated now so the caller learns at once; the expiry applies to the completed file.
         expiry(expires_after_anchor, expires_after_seconds, now)
@@ -88,7 +90,7 @@ class UploadService:
 
     def get(self, owner: Owner, upload_id: str) -> UploadView:
         scope = Scope.of(owner)
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             row = store.get(session, scope, upload_id)
             if row is None:
                 raise NotFoundError(f"No such Upload object: {upload_id}", param="upload_id")
@@ -99,27 +101,40 @@ class UploadService:
         """The upload, if it still accepts parts and completion; else a 400 saying why."""
         view = self.get(owner, upload_id)
         if view.status != "pending":
-            hint = {
-                "expired": "Uploads expire one hour after creation; create a new one.",
-                "cancelled": "Create a new upload.",
-                "completed": f"Its file is {view.row.file_id}.",
-            }[view.status]
-            raise InvalidRequestError(
-                f"Upload {upload_id} is {view.status} and accepts no more changes. {hint}", param="upload_id"
-            )
+            raise _closed(view.row, view.status)
         return view.row
 
     # -- parts -----------------------------------------------------------------------------------
 
-    async def stage_part(self, chunks: AsyncIterator[bytes]) -> StagedBlob:
+    def room_for_part(self, owner: Owner, upload_id: str) -> int:
+        """How many bytes the next part may hold: what the upload declared, less its parts so far,
+        at most ``max_part_bytes``. A 400 when the upload is closed or already full."""
+        upload = self.check_open(owner, upload_id)
+        with self.db.read() as session:
+            room = upload.bytes - store.part_bytes(session, upload_id)
+        if room <= 0:
+            raise _beyond_declared(upload)
+        return min(room, self.settings.max_part_bytes)
+
+    async def stage_part(self, chunks: AsyncIterator[bytes], *, room: int | None = None) -> StagedBlob:
+        """Stream a part into a fresh blob, refusing it past ``max_part_bytes`` (413) or past the
+        ``room`` left in its upload (400)."""
         key = ids.part_id()
-        limit = self.settings.max_part_bytes
+        part_limit = self.settings.max_part_bytes
+        limit = part_limit if room is None else min(room, part_limit)
         try:
             size, sha256 = await self.blobs.write_async(key, chunks, limit=limit)
         except BlobTooLarge:
+            if limit < part_limit:
+                raise InvalidRequestError(
+                    f"This part would take the upload past the {limit} bytes it still has room for (the "
+                    "upload declared its size in 'bytes'). Send the rest of the file only, or create a new "
+                    "upload with the right size.",
+                    param="data",
+                ) from None
             raise PayloadTooLargeError(
-                f"Upload part is too large: each part may hold at most {limit} bytes. Split the file into "
-                "smaller parts.",
+                f"Upload part is too large: each part may hold at most {part_limit} bytes. Split the file "
+                "into smaller parts.",
                 param="data",
             ) from None
         return StagedBlob(key=key, bytes=size, sha256=sha256)
@@ -128,16 +143,25 @@ class UploadService:
         self.blobs.delete(staged.key)
 
     def add_part(self, owner: Owner, upload_id: str, staged: StagedBlob) -> UploadPartRow:
+        """Record a staged part, or discard it. The upload's row is locked while the part is added,
+        so a complete or cancel either sees the part (and removes its blob) or makes us refuse it."""
         try:
-            self.check_open(owner, upload_id)
-            part = UploadPartRow(
-                id=staged.key,
-                upload_id=upload_id,
-                created_at=int(time.time()),
-                bytes=staged.bytes,
-                blob_key=staged.key,
-            )
             with self.db.transaction() as session:
+                upload = store.get(session, Scope.of(owner), upload_id, for_update=True)
+                if upload is None:
+                    raise NotFoundError(f"No such Upload object: {upload_id}", param="upload_id")
+                status = _status(upload, int(time.time()))
+                if status != "pending":
+                    raise _closed(upload, status)
+                if store.part_bytes(session, upload_id) + staged.bytes > upload.bytes:
+                    raise _beyond_declared(upload)
+                part = UploadPartRow(
+                    id=staged.key,
+                    upload_id=upload_id,
+                    created_at=int(time.time()),
+                    bytes=staged.bytes,
+                    blob_key=staged.key,
+                )
                 session.add(part)
             return part
         except BaseException:
@@ -150,7 +174,7 @@ class UploadService:
         self, owner: Owner, upload_id: str, part_ids: list[str], md5: str | None = None
     ) -> UploadView:
         upload = self.check_open(owner, upload_id)
-        with self.db.transaction() as session:
+        with self.db.read() as session:
             by_id = {part.id: part for part in store.parts(session, upload_id)}
         ordered = self._ordered_parts(upload, by_id, part_ids)
 
@@ -165,7 +189,14 @@ class UploadService:
         # The file blob appears atomically (temp + rename) and its row is inserted in the same
         # transaction that completes the upload, so a crash in between leaves no half-file visible.
         key = ids.file_id()
-        size, sha256 = self.blobs.write(key, concatenated())
+        try:
+            size, sha256 = self.blobs.write(key, concatenated())
+        except FileNotFoundError:
+            # A concurrent complete, cancel or expiry sweep removed the parts while we read them.
+            view = self.get(owner, upload_id)
+            if view.status != "pending":
+                raise _closed(view.row, view.status) from None
+            raise
         staged = StagedBlob(key=key, bytes=size, sha256=sha256)
         try:
             if md5 is not None and md5.lower() != digest.hexdigest():
@@ -174,8 +205,8 @@ class UploadService:
                     f"({digest.hexdigest()}). Check the part order and contents, then complete again.",
                     param="md5",
                 )
-            if upload.purpose == "fine-tune" and not self.files.looks_like_jsonl(key):
-                raise InvalidRequestError(NOT_JSONL, param="part_ids")
+            if upload.purpose == "fine-tune" and (problem := self.files.jsonl_problem(key)):
+                raise InvalidRequestError(problem, param="part_ids")
             now = int(time.time())
             file = FileRow(
                 id=key,
@@ -193,18 +224,19 @@ class UploadService:
             )
             with self.db.transaction() as session:
                 if not store.set_status(
-                    session, upload_id, expected="pending", status="completed", file_id=key
+                    session, upload_id, expected="pending", status="completed", file_id=key, unexpired_at=now
                 ):
-                    raise InvalidRequestError(
-                        f"Upload {upload_id} changed while it was being completed (cancelled?).",
-                        param="upload_id",
-                    )
+                    current = store.get(session, Scope.of(owner), upload_id)
+                    assert current is not None
+                    raise _closed(current, _status(current, now))
                 session.add(file)
+                # Every part, also one added after we listed them: none may outlive the upload.
+                removed = store.parts(session, upload_id)
                 store.delete_parts(session, upload_id)
         except BaseException:
             self.discard(staged)
             raise
-        for part in by_id.values():
+        for part in removed:
             self.blobs.delete(part.blob_key)
         upload.status, upload.file_id = "completed", key
         return UploadView(upload, "completed", file)
@@ -234,15 +266,36 @@ class UploadService:
         return ordered
 
     def cancel(self, owner: Owner, upload_id: str) -> UploadView:
-        upload = self.check_open(owner, upload_id)
+        self.check_open(owner, upload_id)
+        now = int(time.time())
         with self.db.transaction() as session:
             if not store.set_status(session, upload_id, expected="pending", status="cancelled"):
-                raise InvalidRequestError(
-                    f"Upload {upload_id} was completed or cancelled meanwhile.", param="upload_id"
-                )
+                current = store.get(session, Scope.of(owner), upload_id)
+                assert current is not None
+                raise _closed(current, _status(current, now))
+            upload = store.get(session, Scope.of(owner), upload_id)
+            assert upload is not None
             removed = store.parts(session, upload_id)
             store.delete_parts(session, upload_id)
         for part in removed:
             self.blobs.delete(part.blob_key)
-        upload.status = "cancelled"
         return UploadView(upload, "cancelled")
+
+
+def _closed(upload: UploadRow, status: str) -> InvalidRequestError:
+    hint = {
+        "expired": "Uploads expire one hour after creation; create a new one.",
+        "cancelled": "Create a new upload.",
+        "completed": f"Its file is {upload.file_id}.",
+    }[status]
+    return InvalidRequestError(
+        f"Upload {upload.id} is {status} and accepts no more changes. {hint}", param="upload_id"
+    )
+
+
+def _beyond_declared(upload: UploadRow) -> InvalidRequestError:
+    return InvalidRequestError(
+        f"This part would take upload {upload.id} past the {upload.bytes} bytes it declared. Complete it "
+        "with the parts it has, or create a new upload with the right size.",
+        param="data",
+    )

@@ -110,13 +110,13 @@ class BlobStore:
     def delete(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)
 
-    def clean_temp(self, idle_seconds: float = STALE_TEMP_SECONDS) -> int:
-        """Remove temporaries left by a crash; return how many. Run at start-up.
+    def clean_temp(self, idle_seconds: float = STALE_TEMP_SECONDS, *, now: float | None = None) -> int:
+        """Remove temporaries left by a crash; return how many. Run at start-up and by the sweep.
 
         Only those untouched for ``idle_seconds``: on a shared filesystem another API replica or
         worker may be writing one right now (a temporary being written has a fresh mtime)."""
         removed = 0
-        cutoff = time.time() - idle_seconds
+        cutoff = (time.time() if now is None else now) - idle_seconds
         for temp in (self.root / ".tmp").iterdir():
             try:
                 if temp.stat().st_mtime > cutoff:

@@ -31,6 +31,13 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cursor.close()
 
 
+READ_ONLY = "openft_read_only"
+
+
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get(READ_ONLY) else "BEGIN IMMEDIATE")
+
+
 def make_engine(url: str) -> Engine:
     url = normalize_url(url)
     if url.startswith("sqlite"):
@@ -41,8 +48,9 @@ def make_engine(url: str) -> Engine:
         event.listen(engine, "connect", _sqlite_pragmas)
         # pysqlite's own transaction handling defers BEGIN; emit it ourselves so that a
         # read-then-write transaction takes the write lock at once (BEGIN IMMEDIATE) and
-        # compare-and-set updates cannot interleave.
-        event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+        # compare-and-set updates cannot interleave. A read-only transaction (``Database.read``)
+        # begins deferred: under WAL it reads its snapshot while a writer holds the lock.
+        event.listen(engine, "begin", _sqlite_begin)
 
         @event.listens_for(engine, "connect")
         def _disable_pysqlite_begin(dbapi_connection, _record) -> None:
@@ -59,6 +67,9 @@ class Database:
         self.url = normalize_url(url)
         self.engine = make_engine(self.url)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        self._read_sessions = sessionmaker(
+            self.engine.execution_options(**{READ_ONLY: True}), expire_on_commit=False
+        )
 
     @property
     def dialect(self) -> str:
@@ -68,6 +79,14 @@ class Database:
     def transaction(self) -> Iterator[Session]:
         """One unit of work: commit on success, roll back on any exception."""
         with self._sessions() as session, session.begin():
+            yield session
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A transaction that only reads. On SQLite it does not take the write lock, so reads go on
+        while a worker or another request writes; a write inside it is a bug (on SQLite it can fail
+        at once with "database is locked" instead of queueing)."""
+        with self._read_sessions() as session, session.begin():
             yield session
 
     def migrate(self) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from openft import ids
@@ -57,9 +57,22 @@ def list_jobs(
     session: Session, scope: Scope, *, after_pk: int | None, limit: int, metadata: dict[str, str]
 ) -> tuple[list[JobRow], bool]:
     query = select(JobRow).where(*owned_by(JobRow, scope))
+    sqlite = session.get_bind().dialect.name == "sqlite"
     for key, value in metadata.items():
-        query = query.where(JobRow.job_metadata[key].as_string() == value)
+        query = query.where(
+            _metadata_is(key, value) if sqlite else JobRow.job_metadata[key].as_string() == value
+        )
     return _page(session, query, JobRow, after_pk, limit)
+
+
+def _metadata_is(key: str, value: str):
+    """SQLite: ``metadata[key] == value`` for any key. SQLAlchemy's JSON index writes the key into
+    a JSON path (``$."key"``), which a key holding ``"`` breaks; json_each compares it as a
+    bound value instead. (PostgreSQL's ``->>`` already takes the key as a bound value.)"""
+    pairs = func.json_each(JobRow.job_metadata).table_valued("key", "value", "type").alias("pair")
+    return exists(
+        select(1).select_from(pairs).where(pairs.c.key == key, pairs.c.type == "text", pairs.c.value == value)
+    )
 
 
 def event_pk(session: Session, job_id: str, event_id: str) -> int | None:
