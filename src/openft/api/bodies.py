@@ -113,7 +113,10 @@ class RequestBodies:
             # After the body: the client's disconnect, which streaming responses listen for.
             return await receive()
 
-        await self.app({**scope, "headers": headers}, replay, send)
+        # The scope is changed in place, not copied: outer middleware (request latency by route)
+        # reads what routing writes into it.
+        scope["headers"] = headers
+        await self.app(scope, replay, send)
 
     async def _read(self, scope: Scope, receive: Receive, settings: Settings) -> bytes:
         limit = settings.max_json_body_bytes
