@@ -12,6 +12,7 @@ from openft.services.job_runtime import JobRuntime
 from openft.services.models import ModelService
 from openft.services.organizations import OrganizationService
 from openft.services.uploads import UploadService
+from openft.services.workers import WorkerRegistry
 from openft.settings import Settings
 from openft.store.blobs import BlobStore
 from openft.store.db import Database
@@ -59,6 +60,7 @@ class Services:
     models = service(ModelService)
     fine_tuning = service(FineTuningService)
     runtime = service(JobRuntime)
+    workers = service(WorkerRegistry)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
