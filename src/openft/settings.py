@@ -38,6 +38,8 @@ class Settings:
     max_attempts: int = 3
     checkpoint_interval_seconds: float = 300.0
     poll_seconds: float = 1.0
+    # The GPUs a worker owns: "all" (every visible CUDA device; none on a CPU machine), "none", or "0,1,3"
+    gpus: str = "all"
     # Serving
     serving_memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
     allow_remote_without_keys: bool = False
@@ -84,6 +86,8 @@ class Settings:
                 values[name] = _float(env, key)
         if "OPENFT_MAX_ATTEMPTS" in env:
             values["max_attempts"] = _int(env, "OPENFT_MAX_ATTEMPTS")
+        if "OPENFT_GPUS" in env:
+            values["gpus"] = env["OPENFT_GPUS"]
         if "OPENFT_ORGANIZATION" in env:
             values["default_organization"] = env["OPENFT_ORGANIZATION"]
         if env.get("OPENFT_ALLOW_REMOTE_WITHOUT_KEYS", "").lower() in ("1", "true", "yes"):
@@ -107,6 +111,11 @@ class Settings:
             )
         if self.max_attempts < 1:
             raise SettingsError("OPENFT_MAX_ATTEMPTS must be at least 1.")
+        gpus = self.gpus.strip().lower()
+        if gpus not in ("all", "none") and not all(part.strip().isdigit() for part in gpus.split(",")):
+            raise SettingsError(
+                f"OPENFT_GPUS must be 'all', 'none' or GPU indices such as '0,1,3'; got {self.gpus!r}."
+            )
 
 
 def _int(env, key: str) -> int:
