@@ -40,7 +40,7 @@ def _stopping(signum, _frame) -> None:
 
 @contextmanager
 def companion_worker(args: Sequence[str]) -> Iterator[subprocess.Popen]:
-    """Run ``openft worker ARGS`` for the duration of the block; a SIGTERM ends the block quietly."""
+    """Run ``openft worker ARGS`` for the duration of the block; SIGTERM or Ctrl-C ends it quietly."""
     previous = signal.signal(signal.SIGTERM, _stopping)
     proc = subprocess.Popen(
         [sys.executable, "-m", "openft.cli.main", "worker", *args],
@@ -49,8 +49,9 @@ def companion_worker(args: Sequence[str]) -> Iterator[subprocess.Popen]:
     )
     try:
         yield proc
-    except Stopping:
-        log.info("SIGTERM received: stopping the API and draining its worker")
+    except (Stopping, KeyboardInterrupt):
+        # uvicorn has shut down; what remains of stopping is the worker's drain, and then exit 0
+        log.info("stopping: the API is down; draining its worker")
     finally:
         try:
             stop(proc)
