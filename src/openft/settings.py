@@ -114,7 +114,7 @@ class Settings:
         gpus = self.gpus.strip().lower()
         if gpus not in ("all", "none") and not all(part.strip().isdigit() for part in gpus.split(",")):
             raise SettingsError(
-                f"OPENFT_GPUS must be 'all', 'none' or GPU indices such as '0,1,3'; got {self.gpus!r}."
+                f"--gpus / OPENFT_GPUS must be 'all', 'none' or GPU indices such as '0,1,3'; got {self.gpus!r}."
             )
 
 

@@ -172,3 +172,16 @@ def test_api_runs_a_validator_that_trains_nothing_and_dies_with_it(start, client
     wait_for(lambda: not alive(validator), timeout=60, what="the validator to exit")
     # Nothing trained the good job: no worker with training slots ever ran.
     assert client.fine_tuning.jobs.retrieve(good.id).status == "queued"
+
+
+@pytest.mark.parametrize(
+    ("gpus", "message"), [("999", "no visible GPU with index 999"), ("first", "'all', 'none' or GPU indices")]
+)
+def test_serve_refuses_gpus_it_does_not_have_before_starting_anything(tmp_path, gpus, message):
+    from click.testing import CliRunner
+
+    from openft.cli.main import main
+
+    result = CliRunner().invoke(main, ["serve", "--gpus", gpus], env={"OPENFT_HOME": str(tmp_path / "home")})
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "home").exists()

@@ -18,6 +18,7 @@ import logging
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -47,16 +48,31 @@ def companion_worker(args: Sequence[str]) -> Iterator[subprocess.Popen]:
         stdin=subprocess.DEVNULL,
         preexec_fn=die_with_parent(signal.SIGTERM),
     )
+    stopping = threading.Event()
+    threading.Thread(target=_watch, args=(proc, stopping), name="worker-watch", daemon=True).start()
     try:
         yield proc
     except (Stopping, KeyboardInterrupt):
         # uvicorn has shut down; what remains of stopping is the worker's drain, and then exit 0
         log.info("stopping: the API is down; draining its worker")
     finally:
+        stopping.set()
         try:
             stop(proc)
         finally:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _watch(proc: subprocess.Popen, stopping: threading.Event) -> None:
+    """A worker that exits while the API serves would leave jobs unvalidated and untrained: say so."""
+    code = proc.wait()
+    if not stopping.is_set():
+        log.error(
+            "the worker (pid %d) exited with code %s; no job will be validated or trained until openft is "
+            "restarted. Its log is above.",
+            proc.pid,
+            code,
+        )
 
 
 def stop(proc: subprocess.Popen) -> None:

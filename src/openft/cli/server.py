@@ -75,7 +75,16 @@ def serve(host: str | None, port: int | None, gpus: str | None) -> None:
     by itself if this process is killed.
     """
     _logging()
-    settings = _settings(host, port)
+    from openft.settings import SettingsError
+    from openft.worker.gpus import GpuOptionError, NvidiaInventory, owned
+
+    try:
+        settings = Settings.from_env(
+            **{k: v for k, v in (("host", host), ("port", port), ("gpus", gpus)) if v is not None}
+        )
+        owned(settings.gpus, NvidiaInventory().detect())  # the worker would refuse it; say so now
+    except (SettingsError, GpuOptionError) as exc:
+        raise click.UsageError(str(exc)) from None
     settings.home.mkdir(parents=True, exist_ok=True)
     # The worker runs as its own process: training imports torch, the API process must not.
     with companion_worker(["--gpus", gpus] if gpus is not None else []):
