@@ -28,7 +28,7 @@ BASE = "tiny-llama"
 TRAIN = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n' * 10
 
 STAND_IN = """
-import json, signal, sys, time
+import json, pathlib, signal, sys, time
 def say(line):
     print(json.dumps(line), flush=True)
 def stop(kind):
@@ -36,6 +36,7 @@ def stop(kind):
     sys.exit(0)
 signal.signal(signal.SIGTERM, lambda *_: stop("cancel"))
 signal.signal(signal.SIGUSR1, lambda *_: stop("pause"))
+pathlib.Path(sys.argv[1]).with_name("stand-in-ready").touch()  # from here on a signal is handled
 say({"type": "started", "total_steps": 1, "resumed_from_step": 0})
 while True:
     time.sleep(60)
@@ -45,15 +46,22 @@ while True:
 class StandInLauncher(SubprocessLauncher):
     def __init__(self) -> None:
         self.children: dict[str, object] = {}
+        self.ready: dict[str, Path] = {}
 
     def command(self, spec_path):
         _argv, env = super().command(spec_path)
-        return [sys.executable, "-c", STAND_IN], env
+        return [sys.executable, "-c", STAND_IN, str(spec_path)], env
 
     def start(self, spec_path, log_path, **devices):
         proc = super().start(spec_path, log_path, **devices)
-        self.children[json.loads(Path(spec_path).read_text())["job_id"]] = proc
+        job_id = json.loads(Path(spec_path).read_text())["job_id"]
+        self.ready[job_id] = Path(spec_path).with_name("stand-in-ready")
+        self.children[job_id] = proc
         return proc
+
+    def started(self, job_id: str) -> bool:
+        """The job's child runs and handles signals (a cancel is not lost to Python's start-up)."""
+        return job_id in self.children and self.ready[job_id].exists()
 
     def environment(self, job_id: str) -> dict[str, str]:
         """What the child's process really got (``/proc/PID/environ``)."""
@@ -118,7 +126,7 @@ def test_jobs_share_the_gpus_of_one_worker_each_on_its_own(client, services):
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
     try:
-        _wait_for(lambda: one in launcher.children and two in launcher.children, what="two jobs to start")
+        _wait_for(lambda: launcher.started(one) and launcher.started(two), what="two jobs to start")
         assert (status(one), status(two)) == ("running", "running")
         assert launcher.environment(one)["CUDA_VISIBLE_DEVICES"] == "0"
         assert launcher.environment(two)["CUDA_VISIBLE_DEVICES"] == "1"
@@ -136,7 +144,7 @@ def test_jobs_share_the_gpus_of_one_worker_each_on_its_own(client, services):
         )
 
         client.fine_tuning.jobs.cancel(one)  # GPU 0 comes free: the third job, next in line, takes it
-        _wait_for(lambda: three in launcher.children, what="the third job to start")
+        _wait_for(lambda: launcher.started(three), what="the third job to start")
         assert launcher.environment(three)["CUDA_VISIBLE_DEVICES"] == "0"
         assert launcher.children[one].wait(timeout=30) == 0
 
@@ -150,7 +158,7 @@ def test_jobs_share_the_gpus_of_one_worker_each_on_its_own(client, services):
         assert status(wide) == "queued" and wide not in launcher.children
 
         client.fine_tuning.jobs.cancel(three)
-        _wait_for(lambda: wide in launcher.children, what="the 2-device job to start")
+        _wait_for(lambda: launcher.started(wide), what="the 2-device job to start")
         assert launcher.environment(wide)["CUDA_VISIBLE_DEVICES"] == "0,1"
         assert status(wide) == "running"
         client.fine_tuning.jobs.cancel(wide)

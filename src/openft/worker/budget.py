@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 
 class JobBudget:
@@ -24,6 +25,20 @@ class JobBudget:
     def give_back(self) -> None:
         with self._lock:
             self.used -= 1
+
+    def claim_with(self, claim: Callable[[], bool]) -> bool:
+        """Call ``claim`` (True when it claimed a job) if the budget allows; a unit it did not use,
+        or that an error left unused, is given back."""
+        if not self.take():
+            return False
+        try:
+            claimed = claim()
+        except BaseException:
+            self.give_back()
+            raise
+        if not claimed:
+            self.give_back()
+        return claimed
 
     @property
     def spent(self) -> bool:

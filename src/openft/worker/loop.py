@@ -26,7 +26,8 @@ class Worker:
     GPU (a job holds ``n_devices`` of them), or one job at a time on a CPU worker.
 
     ``gpus`` is ``--gpus`` (default ``settings.gpus``); ``inventory`` is the seam that lists this
-    machine's GPUs. ``validate_only`` runs the lane alone (``openft api``'s validator).
+    machine's GPUs. ``validate_only`` runs the lane alone (``openft api``'s validator). ``runtime``
+    defaults to the services' runtime with retries (``PatientRuntime``).
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class Worker:
         gpus: str | None = None,
         inventory: GpuInventory | None = None,
         validate_only: bool = False,
+        runtime=None,
     ) -> None:
         self.services = services
         self.settings = services.settings
@@ -46,7 +48,7 @@ class Worker:
         self.launcher = launcher or SubprocessLauncher()
         self.seam = seam or TransformersTokenizerSeam(self.settings)
         self.drain = threading.Event()
-        self.runtime = PatientRuntime(services.runtime)
+        self.runtime = runtime or PatientRuntime(services.runtime)
         self.validate_only = validate_only
         detected = [] if validate_only else (inventory or NvidiaInventory()).detect()
         self.pool = DevicePool(owned(gpus or self.settings.gpus, detected), machine_has_gpus=bool(detected))
@@ -111,15 +113,9 @@ class Worker:
     def _claim_one(self, burst: bool, budget: JobBudget, slots: TrainingSlots) -> bool:
         for job_id in self.runtime.expire_leases(self.settings.max_attempts):
             log.warning("job %s: its worker's lease expired", job_id)
-        if burst and budget.take():
-            if self.validator.run_once():
-                return True
-            budget.give_back()
-        if not self.validate_only and budget.take():
-            if slots.claim():
-                return True
-            budget.give_back()
-        return False
+        if burst and budget.claim_with(self.validator.run_once):
+            return True
+        return not self.validate_only and budget.claim_with(slots.claim)
 
     def _claim_training(self, **fits):
         claim = self.runtime.claim_training(self.worker_id, self.settings.lease_seconds, **fits)

@@ -55,19 +55,15 @@ class ValidationLane:
 
     def run(self, stop: threading.Event, budget: JobBudget) -> None:
         """Validate until ``stop`` is set or the budget is spent; a job under way is finished first."""
-        while not stop.is_set():
-            if not budget.take():
-                return
+        while not stop.is_set() and not budget.spent:
             try:
-                done = self.run_once()
+                if budget.claim_with(self.run_once):
+                    continue
             except Exception:
                 # The database is away for longer than the retries; a job we held comes back
                 # through its lease.
                 log.exception("worker %s: validation lane could not claim; retrying", self.worker_id)
-                done = False
-            if not done:
-                budget.give_back()
-                stop.wait(self.settings.poll_seconds)
+            stop.wait(self.settings.poll_seconds)
 
     def start(self, stop: threading.Event, budget: JobBudget) -> ValidationLane:
         self._thread = threading.Thread(
