@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from openft.cli.companion import companion_worker
-from openft.settings import LOOPBACK_HOSTS, Settings
+from openft.settings import LOOPBACK_HOSTS, Settings, SettingsError
+from openft.worker.gpus import GpuOptionError, NvidiaInventory, owned
 
 
 def _settings(host: str | None = None, port: int | None = None) -> Settings:
@@ -75,9 +76,6 @@ def serve(host: str | None, port: int | None, gpus: str | None) -> None:
     by itself if this process is killed.
     """
     _logging()
-    from openft.settings import SettingsError
-    from openft.worker.gpus import GpuOptionError, NvidiaInventory, owned
-
     try:
         settings = Settings.from_env(
             **{k: v for k, v in (("host", host), ("port", port), ("gpus", gpus)) if v is not None}
@@ -131,8 +129,6 @@ def worker(burst: bool, max_jobs: int | None, gpus: str | None, validate_only: b
     """
     _logging()
     from openft.services.context import Services
-    from openft.settings import SettingsError
-    from openft.worker.gpus import GpuOptionError
     from openft.worker.loop import Worker
 
     try:
