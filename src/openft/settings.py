@@ -44,6 +44,8 @@ class Settings:
     max_attempts: int = 3
     checkpoint_interval_seconds: float = 300.0
     poll_seconds: float = 1.0
+    # The GPUs a worker owns: "all" (every visible CUDA device; none on a CPU machine), "none", or "0,1,3"
+    gpus: str = "all"
     # Serving
     serving_memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
     allow_remote_without_keys: bool = False
@@ -114,6 +116,8 @@ class Settings:
             values["sweep_interval_seconds"] = _float(env, "OPENFT_SWEEP_INTERVAL_SECONDS")
         if "OPENFT_MAX_ATTEMPTS" in env:
             values["max_attempts"] = _int(env, "OPENFT_MAX_ATTEMPTS")
+        if "OPENFT_GPUS" in env:
+            values["gpus"] = env["OPENFT_GPUS"]
         if "OPENFT_ORGANIZATION" in env:
             values["default_organization"] = env["OPENFT_ORGANIZATION"]
         if env.get("OPENFT_ALLOW_REMOTE_WITHOUT_KEYS", "").lower() in ("1", "true", "yes"):
@@ -173,6 +177,11 @@ class Settings:
             raise SettingsError("OPENFT_BODY_TIMEOUT_SECONDS must be greater than 0.")
         if not self.sweep_interval_seconds >= 0:
             raise SettingsError("OPENFT_SWEEP_INTERVAL_SECONDS must be 0 (never) or a number of seconds.")
+        gpus = self.gpus.strip().lower()
+        if gpus not in ("all", "none") and not all(part.strip().isdigit() for part in gpus.split(",")):
+            raise SettingsError(
+                f"--gpus / OPENFT_GPUS must be 'all', 'none' or GPU indices such as '0,1,3'; got {self.gpus!r}."
+            )
 
 
 def _int(env, key: str) -> int:

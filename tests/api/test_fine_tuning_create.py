@@ -21,6 +21,7 @@ AUTO_SUPERVISED = {
     "lora_dropout": "auto",
     "lora_target_modules": "auto",
     "max_seq_length": "auto",
+    "n_devices": "auto",
 }
 
 
@@ -245,6 +246,18 @@ BAD_REQUESTS = [
     _bad(
         "method.dpo.hyperparameters.lora_rank",
         method={"type": "dpo", "dpo": {"hyperparameters": {"lora_rank": 0}}},
+    ),
+    _bad(
+        "method.supervised.hyperparameters.n_devices",
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_devices": 0}}},
+    ),
+    _bad(
+        "method.dpo.hyperparameters.n_devices",
+        method={"type": "dpo", "dpo": {"hyperparameters": {"n_devices": 1.5}}},
+    ),
+    _bad(
+        "method.supervised.hyperparameters.n_devices",
+        method={"type": "supervised", "supervised": {"hyperparameters": {"n_devices": "all"}}},
     ),
     _bad("hyperparameters.n_epochs", hyperparameters={"n_epochs": 51}),
     _bad(

@@ -8,6 +8,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from openft.services.webhooks import WebhookDispatcher
+from openft.services.workers import CUDA, Device, RunningJob, WorkerInfo
 from openft.settings import DEFAULT_BASE_MODEL, SMOLLM2_PACKAGE_SOURCE, Settings
 
 TRAIN = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n' * 10
@@ -81,6 +82,12 @@ def test_metrics_parse_and_report_jobs_throughput_tokens_latency_and_webhooks(ap
     client.fine_tuning.jobs.cancel(cancelled.id)
     client.files.list()
     assert WebhookDispatcher(services).run_once() == 2  # succeeded + cancelled, both refused
+    # The registry: a GPU worker holding one of its two GPUs for the running job, and a CPU worker.
+    gpus = tuple(Device(CUDA, "NVIDIA H200", index, 141 << 30) for index in (0, 1))
+    services.workers.register(
+        WorkerInfo("worker-b", "gpu-host", 1, gpus, slots=2, running=(RunningJob(running.id, (1,)),))
+    )
+    services.workers.register(WorkerInfo("worker-c", "cpu-host", 2, (Device("cpu", "EPYC"),), slots=1))
 
     families = _scrape(app)
     jobs = families["openft_fine_tuning_jobs"]
@@ -102,7 +109,9 @@ def test_metrics_parse_and_report_jobs_throughput_tokens_latency_and_webhooks(ap
     run = families["openft_fine_tuning_job_run_seconds"]
     assert _value(run, "openft_fine_tuning_job_run_seconds_count") == 1  # only the finished one ran
     assert _value(families["openft_workers_busy"], "openft_workers_busy") == 1  # worker-b's live lease
-    assert "openft_workers" not in families  # no workers registry yet: not exported rather than 0
+    assert _value(families["openft_workers"], "openft_workers") == 2
+    assert _value(families["openft_gpus"], "openft_gpus") == 2
+    assert _value(families["openft_gpus_free"], "openft_gpus_free") == 1
     failures = families["openft_webhook_delivery_failures"]
     assert _value(failures, "openft_webhook_delivery_failures_total") == 2
     assert _value(families["openft_webhook_deliveries"], "openft_webhook_deliveries", status="pending") == 2

@@ -60,11 +60,14 @@ def client(app) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture
 def start_worker(settings, tmp_path) -> Iterator[Callable[..., WorkerProcess]]:
-    """``start_worker(burst=False)``: a real ``openft worker`` process; all are killed at teardown."""
+    """``start_worker(burst=False, env=None)``: a real ``openft worker`` process (``env`` adds to its
+    environment); all are killed at teardown."""
     started: list[WorkerProcess] = []
 
-    def start(burst: bool = False, settings: Settings = settings) -> WorkerProcess:
-        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log", burst=burst)
+    def start(
+        burst: bool = False, settings: Settings = settings, env: dict[str, str] | None = None
+    ) -> WorkerProcess:
+        worker = WorkerProcess(settings, tmp_path / f"worker-{len(started)}.log", burst=burst, env=env)
         started.append(worker)
         return worker
 

@@ -83,13 +83,15 @@ def children(pid: int) -> list[int]:
 class WorkerProcess:
     """``python -m openft.cli.main worker`` with the test's settings; logs to ``log_path``."""
 
-    def __init__(self, settings: Settings, log_path: Path, *, burst: bool = False) -> None:
+    def __init__(
+        self, settings: Settings, log_path: Path, *, burst: bool = False, env: dict[str, str] | None = None
+    ) -> None:
         self.log_path = log_path
         argv = [sys.executable, "-m", "openft.cli.main", "worker", *(["--burst"] if burst else [])]
         with open(log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 argv,
-                env=process_env(settings),
+                env={**process_env(settings), **(env or {})},
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,

@@ -8,6 +8,7 @@ import pytest
 
 from openft.services.job_runtime import LeaseLost
 from openft.settings import Settings
+from openft.worker.gpus import FixedInventory
 from openft.worker.loop import Worker
 from openft.worker.retry import PatientRuntime
 
@@ -46,24 +47,40 @@ def test_a_lost_lease_is_not_retried_and_persistent_failures_surface():
 def test_the_worker_loop_outlives_a_failing_database(tmp_path):
     class Runtime:
         claims = 0
+        training_claims = 0
 
         def expire_leases(self, max_attempts):
             return []
 
-        def claim(self, worker_id, lease_seconds):
+        def claim_validation(self, worker_id, lease_seconds):
             Runtime.claims += 1
             if Runtime.claims <= 2:
                 raise ConnectionError("database restarting")
             return None
 
+        def claim_training(self, worker_id, lease_seconds, **fits):
+            Runtime.training_claims += 1
+            return None
+
+    class Registry:
+        """The workers registry is away too: the worker runs without its row."""
+
+        def register(self, worker):
+            raise ConnectionError("database restarting")
+
+        heartbeat = register
+
+        def deregister(self, worker_id):
+            raise ConnectionError("database restarting")
+
     settings = Settings(home=tmp_path, database_url="sqlite://", poll_seconds=0.01)
-    services = SimpleNamespace(settings=settings, runtime=Runtime())
-    worker = Worker(services, seam=object(), launcher=object())
-    worker.runtime = PatientRuntime(services.runtime, attempts=1, backoff_seconds=0)
+    services = SimpleNamespace(settings=settings, runtime=Runtime(), workers=Registry())
+    runtime = PatientRuntime(services.runtime, attempts=1, backoff_seconds=0)
+    worker = Worker(services, seam=object(), launcher=object(), inventory=FixedInventory([]), runtime=runtime)
 
     # Two failing rounds are logged and survived; the third finds the queue empty and, in burst
     # mode, returns.
     for _ in range(2):
         assert worker.run(burst=True) == 0
     assert worker.run(burst=True) == 0
-    assert Runtime.claims == 3
+    assert (Runtime.claims, Runtime.training_claims) == (3, 1)

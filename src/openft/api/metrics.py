@@ -64,6 +64,7 @@ class FleetCollector(Collector):
         )
         if m.inventory is not None:
             yield GaugeMetricFamily("openft_workers", "Registered workers.", value=m.inventory.workers)
+            yield GaugeMetricFamily("openft_gpus", "GPUs the live workers own.", value=m.inventory.gpus_total)
             yield GaugeMetricFamily("openft_gpus_free", "GPUs no job holds.", value=m.inventory.gpus_free)
         deliveries = GaugeMetricFamily(
             "openft_webhook_deliveries", "Webhook deliveries by state.", labels=["status"]

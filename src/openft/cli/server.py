@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import click
 
-from openft.settings import LOOPBACK_HOSTS, Settings
+from openft.cli.companion import companion_worker
+from openft.settings import LOOPBACK_HOSTS, Settings, SettingsError
+from openft.worker.gpus import GpuOptionError, NvidiaInventory, owned
 
 
 def _settings(host: str | None = None, port: int | None = None) -> Settings:
@@ -57,56 +57,94 @@ def _run_api(settings: Settings) -> None:
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
 
 
+GPUS_HELP = (
+    "GPUs the worker owns: all (every visible CUDA device; none on a CPU machine), none, or indices "
+    "as nvidia-smi numbers them, such as 0,1,3. Default: OPENFT_GPUS, else all."
+)
+
+
 @click.command()
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1, or OPENFT_HOST).")
 @click.option("--port", type=int, default=None, help="Port (default 8000, or OPENFT_PORT).")
-def serve(host: str | None, port: int | None) -> None:
+@click.option("--gpus", default=None, metavar="all|none|0,1,3", help=GPUS_HELP)
+def serve(host: str | None, port: int | None, gpus: str | None) -> None:
     """Run everything in one command: the API, one embedded worker and inference.
 
     State lives under OPENFT_HOME (default ./.openft): a SQLite database, uploaded files, the
-    base-model cache and fine-tuned models.
+    base-model cache and fine-tuned models. The worker (validation lane and training slots) runs
+    as a child process: SIGTERM or Ctrl-C drains it before openft exits, and it drains and exits
+    by itself if this process is killed.
     """
     _logging()
-    settings = _settings(host, port)
+    try:
+        settings = Settings.from_env(
+            **{k: v for k, v in (("host", host), ("port", port), ("gpus", gpus)) if v is not None}
+        )
+        owned(settings.gpus, NvidiaInventory().detect())  # the worker would refuse it; say so now
+    except (SettingsError, GpuOptionError) as exc:
+        raise click.UsageError(str(exc)) from None
     settings.home.mkdir(parents=True, exist_ok=True)
     # The worker runs as its own process: training imports torch, the API process must not.
-    worker = subprocess.Popen([sys.executable, "-m", "openft.cli.main", "worker"], env=os.environ.copy())
-    try:
+    with companion_worker(["--gpus", gpus] if gpus is not None else []):
         _run_api(settings)
-    finally:
-        worker.terminate()
-        try:
-            worker.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            worker.kill()
 
 
 @click.command()
 @click.option("--host", default=None, help="Address to bind (default 127.0.0.1, or OPENFT_HOST).")
 @click.option("--port", type=int, default=None, help="Port (default 8000, or OPENFT_PORT).")
-def api(host: str | None, port: int | None) -> None:
-    """Run the HTTP API only (run as many replicas as you like against one PostgreSQL)."""
+@click.option(
+    "--validator/--no-validator",
+    default=True,
+    show_default=True,
+    help="Run a validation-only worker beside the API (its own process; it trains nothing), so a "
+    "new job's files are checked even while every training worker is busy.",
+)
+def api(host: str | None, port: int | None, validator: bool) -> None:
+    """Run the HTTP API (run as many replicas as you like against one PostgreSQL)."""
     _logging()
-    _run_api(_settings(host, port))
+    settings = _settings(host, port)
+    if not validator:
+        _run_api(settings)
+        return
+    with companion_worker(["--validate-only"]):
+        _run_api(settings)
 
 
 @click.command()
 @click.option("--burst", is_flag=True, help="Exit when no job is left instead of waiting for more.")
 @click.option("--max-jobs", type=int, default=None, help="Exit after handling this many jobs.")
-def worker(burst: bool, max_jobs: int | None) -> None:
-    """Claim jobs from the database, validate their files and train them in a child process.
+@click.option("--gpus", default=None, metavar="all|none|0,1,3", help=GPUS_HELP)
+@click.option(
+    "--validate-only", is_flag=True, help="Only validate new jobs' files; train nothing, own no GPU."
+)
+def worker(burst: bool, max_jobs: int | None, gpus: str | None, validate_only: bool) -> None:
+    """Claim jobs from the database, validate their files and train them in child processes.
 
-    SIGTERM or Ctrl-C drains: the running job checkpoints at its next step boundary and is
+    Files are validated in a lane of their own, beside training, so a bad file fails in seconds
+    whatever is training. A GPU worker trains one job per free GPU (a job holds n_devices GPUs),
+    each child seeing only its own CUDA_VISIBLE_DEVICES; a CPU worker trains one job at a time.
+
+    SIGTERM or Ctrl-C drains: each running job checkpoints at its next step boundary and is
     requeued, so another worker resumes it.
     """
     _logging()
     from openft.services.context import Services
     from openft.worker.loop import Worker
 
-    services = Services.build(_settings())
-    w = Worker(services)
+    try:
+        settings = Settings.from_env(**({"gpus": gpus} if gpus is not None else {}))
+        services = Services.build(settings)
+        w = Worker(services, validate_only=validate_only)
+    except (SettingsError, GpuOptionError) as exc:
+        raise click.UsageError(str(exc)) from None
     w.install_signal_handlers()
-    click.echo(f"openft worker {w.worker_id}: waiting for jobs", err=True)
+    if validate_only:
+        owns = "validation only"
+    elif w.pool.cuda:
+        owns = "GPU " + ", ".join(f"{g.index} ({g.name})" for g in w.pool.gpus)
+    else:
+        owns = "CPU, one job at a time"
+    click.echo(f"openft worker {w.worker_id}: {owns}; waiting for jobs", err=True)
     handled = w.run(burst=burst, max_jobs=max_jobs)
     click.echo(f"openft worker {w.worker_id}: stopped after {handled} job(s)", err=True)
 

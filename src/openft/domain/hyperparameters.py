@@ -14,6 +14,8 @@ Resolution rules (documented in the README):
 - ``beta`` (DPO): 0.1.
 - ``fine_tuning_type``: ``"lora"``; ``lora_rank`` 16; ``lora_alpha`` 2 x rank; ``lora_dropout`` 0.0;
   ``lora_target_modules`` ``"all-linear"``; ``max_seq_length``: the base model's context, at most 2048.
+- ``n_devices``: how many devices (GPUs on a GPU worker, processes on a CPU worker) one job trains on;
+  ``auto`` is 1 for now (see ``resolve_n_devices``).
 """
 
 from __future__ import annotations
@@ -43,7 +45,9 @@ EXTENSION_KEYS = (
     "lora_dropout",
     "lora_target_modules",
     "max_seq_length",
+    "n_devices",
 )
+MAX_DEVICES = 64
 METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "supervised": OPENAI_KEYS + EXTENSION_KEYS,
     "dpo": OPENAI_KEYS + ("beta",) + EXTENSION_KEYS,
@@ -131,6 +135,7 @@ def check(method: str, hyperparameters: dict[str, Any], param_prefix: str) -> di
             p("lora_target_modules"),
         )
     _int_in("max_seq_length", hp["max_seq_length"], 16, 1_048_576, p("max_seq_length"))
+    _int_in("n_devices", hp["n_devices"], 1, MAX_DEVICES, p("n_devices"))
     return hp
 
 
@@ -154,6 +159,17 @@ class ModelFacts:
     context_length: int
 
 
+def resolve_n_devices(hp: dict[str, Any], model: ModelFacts) -> int:
+    """``n_devices: "auto"``: one device for now.
+
+    HOOK for the memory estimate (``training/devices.py``): ``auto`` is to become the fewest devices
+    whose memory holds the job (weights, optimizer state, activations of a micro-batch), on the
+    GPUs of the live workers (``services.workers.live()``), 1 on a CPU worker. A GPU worker claims
+    a job only when this many of its GPUs are free (``JobRuntime.claim_training``).
+    """
+    return 1
+
+
 def resolve(method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts) -> dict[str, Any]:
     """Replace every ``"auto"`` with a concrete value. ``hp`` must have passed ``check``."""
     out = dict(hp)
@@ -173,7 +189,8 @@ def resolve(method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts)
     pick("lora_dropout", 0.0)
     pick("lora_target_modules", "all-linear")
     pick("max_seq_length", min(model.context_length, DEFAULT_MAX_SEQ_LENGTH))
-    for key in ("n_epochs", "batch_size", "lora_rank", "max_seq_length"):
+    pick("n_devices", resolve_n_devices(out, model))
+    for key in ("n_epochs", "batch_size", "lora_rank", "max_seq_length", "n_devices"):
         out[key] = int(out[key])
     return out
 

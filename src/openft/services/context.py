@@ -17,6 +17,7 @@ from openft.services.projects import ProjectService
 from openft.services.storage import StorageService
 from openft.services.uploads import UploadService
 from openft.services.webhooks import WebhookService
+from openft.services.workers import WorkerRegistry
 from openft.settings import Settings
 from openft.store.blobs import BlobStore
 from openft.store.db import Database
@@ -69,6 +70,7 @@ class Services:
     webhooks = service(WebhookService)
     operator_metrics = service(OperatorMetricsService)
     storage = service(StorageService)
+    workers = service(WorkerRegistry)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

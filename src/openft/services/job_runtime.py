@@ -112,6 +112,12 @@ def metrics_message(step: int, total_steps: int, data: dict[str, Any]) -> str:
 _RELEASED: dict[str, Any] = {"lease_owner": None, "lease_expires_at": None}
 
 
+def _devices(hyperparameters: dict[str, Any]) -> int | None:
+    """The resolved ``n_devices`` for the claim column; None (claimed as 1) where not an integer."""
+    value = hyperparameters.get("n_devices")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
 class JobRuntime:
     def __init__(self, services: Services, *, clock: Callable[[], float] = time.time) -> None:
         self.services = services
@@ -121,19 +127,56 @@ class JobRuntime:
     # -- leases ----------------------------------------------------------------------------
 
     def claim(self, worker_id: str, lease_seconds: float) -> Claim | None:
-        """Lease the oldest claimable job: ``validating_files`` (phase validate) or ``queued``
-        (phase train, which moves it to ``running``). None when there is nothing to do."""
+        """Lease the oldest claimable job of either phase: ``validating_files`` (phase validate) or
+        ``queued`` (phase train, which moves it to ``running``). None when there is nothing to do.
+        Workers claim per phase (``claim_validation``, ``claim_training``); this serves tests and
+        tools that play both parts."""
+        return self._claim(worker_id, lease_seconds, (JobStatus.VALIDATING_FILES, JobStatus.QUEUED))
+
+    def claim_validation(self, worker_id: str, lease_seconds: float) -> Claim | None:
+        """Lease the oldest job in ``validating_files``: the validation lane's claim."""
+        return self._claim(worker_id, lease_seconds, (JobStatus.VALIDATING_FILES,))
+
+    def claim_training(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        *,
+        free_devices: int | None = None,
+        total_devices: int | None = None,
+    ) -> Claim | None:
+        """Lease the oldest ``queued`` job and move it to ``running``.
+
+        A GPU worker passes how many of its GPUs are free and how many it owns: it takes the oldest
+        job it could ever run (``n_devices <= total_devices``) only when that many are free now, and
+        otherwise nothing, so a job that needs several GPUs is not starved by smaller ones that
+        keep arriving behind it. A CPU worker passes neither and takes any job.
+        """
+        needs = func.coalesce(JobRow.n_devices, 1)
+        candidate = () if total_devices is None else (needs <= total_devices,)
+        fits = () if free_devices is None else (needs <= free_devices,)
+        return self._claim(worker_id, lease_seconds, (JobStatus.QUEUED,), candidate=candidate, fits=fits)
+
+    def _claim(
+        self,
+        worker_id: str,
+        lease_seconds: float,
+        statuses: tuple[JobStatus, ...],
+        *,
+        candidate: tuple = (),
+        fits: tuple = (),
+    ) -> Claim | None:
         now = self.clock()
         claimable = (
-            JobRow.status.in_([JobStatus.VALIDATING_FILES.value, JobStatus.QUEUED.value]),
+            JobRow.status.in_([status.value for status in statuses]),
             or_(JobRow.lease_expires_at.is_(None), JobRow.lease_expires_at < now),
         )
         # PostgreSQL: SKIP LOCKED lets concurrent claimers pass over each other's candidate rows,
         # and the outer WHERE repeats the conditions in case the row changed before we locked it.
         # SQLite ignores FOR UPDATE; its BEGIN IMMEDIATE already serializes the whole statement.
-        candidate = (
+        oldest = (
             select(JobRow.pk)
-            .where(*claimable)
+            .where(*claimable, *candidate)
             .order_by(JobRow.pk)
             .limit(1)
             .with_for_update(skip_locked=True)
@@ -142,7 +185,7 @@ class JobRuntime:
         starting = JobRow.status == JobStatus.QUEUED.value
         statement = (
             update(JobRow)
-            .where(JobRow.pk == candidate, *claimable)
+            .where(JobRow.pk == oldest, *claimable, *fits)
             .values(
                 lease_owner=worker_id,
                 lease_generation=JobRow.lease_generation + 1,
@@ -352,6 +395,7 @@ class JobRuntime:
                 hyperparameters=hyperparameters,
                 stats=stats,
                 queued_at=store.now(),
+                n_devices=_devices(hyperparameters),
                 **_RELEASED,
             )
             if not moved:

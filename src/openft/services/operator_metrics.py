@@ -50,13 +50,11 @@ class FleetMetrics:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def worker_inventory(services: Services) -> WorkerInventory | None:
-    """Registered workers and their free GPUs, for ``openft_workers`` and ``openft_gpus_free``.
-
-    INTEGRATION POINT: the workers registry (branch ``worker``) is not in this tree yet; connect its
-    service method here. Until then this returns None and those two gauges are not exported (a
-    worker count of 0 would be a lie); ``openft_workers_busy`` reports what the leases show."""
-    return None
+def worker_inventory(services: Services) -> WorkerInventory:
+    """Live workers (the registry: seen within a lease) and their GPUs, for ``openft_workers``,
+    ``openft_gpus`` and ``openft_gpus_free``."""
+    capacity = services.workers.capacity()
+    return WorkerInventory(workers=capacity.workers, gpus_total=capacity.gpus, gpus_free=capacity.free_gpus)
 
 
 class OperatorMetricsService:

@@ -135,6 +135,9 @@ class JobRow(Base):
     queued_at: Mapped[int | None] = mapped_column(BigInteger)
     started_at: Mapped[int | None] = mapped_column(BigInteger)
     tokens_per_second: Mapped[float | None] = mapped_column(Float)
+    # Devices the job trains on (``n_devices`` resolved by validation): a GPU worker claims it only
+    # with that many GPUs free. NULL until validated, and on jobs validated before the column: 1.
+    n_devices: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (Index("ix_jobs_claim", "status", "lease_expires_at"),)
 
@@ -264,3 +267,24 @@ class WebhookAttemptRow(Base):
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int] = mapped_column(Integer)
     succeeded: Mapped[bool] = mapped_column(Boolean)
+
+
+class WorkerRow(Base):
+    """A running worker, as it last reported itself: what it owns and what it runs.
+
+    A worker inserts its row when it starts, refreshes ``last_seen`` with each heartbeat and deletes
+    the row when it stops; a row not seen for a lease is a worker that died (see ``WorkerRegistry``).
+    """
+
+    __tablename__ = "workers"
+    pk: Mapped[int] = mapped_column(PK, primary_key=True, autoincrement=True)
+    id: Mapped[str] = mapped_column(String(128), unique=True)  # the lease owner it writes on jobs
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    # [{"kind": "cuda"|"cpu", "index": int|null, "name": str, "memory_bytes": int|null}]
+    devices: Mapped[list[Any]] = mapped_column(JSON)
+    slots: Mapped[int] = mapped_column(Integer)  # training jobs at once; 0 runs validation only
+    # [{"job_id": str, "devices": [int, ...]}]: the jobs it trains and the GPUs each holds
+    running: Mapped[list[Any]] = mapped_column(JSON)
+    started_at: Mapped[int] = mapped_column(BigInteger)
+    last_seen: Mapped[float] = mapped_column(Float, index=True)

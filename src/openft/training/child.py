@@ -126,6 +126,18 @@ def main(argv: list[str] | None = None) -> int:
         spec = TrainingSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
         reporter.ownership = Ownership.from_env(spec.output_dir)
         reporter.ownership.check()
+        if spec.n_devices > 1:
+            # The worker schedules several GPUs per job already; training across them (torchrun,
+            # DDP/FSDP) is not built yet. Say so rather than train on one and report n_devices.
+            reporter.emit(
+                {
+                    "type": "error",
+                    "code": ERROR_TRAINING,
+                    "message": f"n_devices={spec.n_devices}: training one job on several devices is not "
+                    "supported yet; create the job with n_devices 1 (or auto).",
+                }
+            )
+            return 1
         from openft.training.recipe import train
 
         train(spec, reporter)

@@ -55,8 +55,9 @@ def child_command(spec_path: str | Path) -> tuple[list[str], dict[str, str]]:
     return [sys.executable, "-m", "openft.training.child", str(spec_path)], env
 
 
-def die_with_parent() -> Callable[[], None]:
-    """A ``preexec_fn`` that makes the child get SIGKILL when the worker dies (Linux ``PR_SET_PDEATHSIG``).
+def die_with_parent(signum: int = signal.SIGKILL) -> Callable[[], None]:
+    """A ``preexec_fn`` that makes the child get ``signum`` (SIGKILL) when the worker dies (Linux
+    ``PR_SET_PDEATHSIG``). ``openft serve`` starts its worker with SIGTERM, so the worker drains.
 
     Without it, a SIGKILLed worker leaves its child training and checkpointing into the job's
     directory while another worker resumes the same job there. Caveat of the kernel API: the
@@ -69,11 +70,11 @@ def die_with_parent() -> Callable[[], None]:
         # Resolved here, before the fork: between fork and exec only async-signal-safe work is safe
         # (other threads may hold the import lock or allocator locks in the copied address space).
         prctl = ctypes.CDLL(None, use_errno=True).prctl
-    sigkill = int(signal.SIGKILL)
+    on_death = int(signum)
 
     def preexec() -> None:
         if prctl is not None:
-            prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+            prctl(_PR_SET_PDEATHSIG, on_death, 0, 0, 0)
         if os.getppid() != parent:  # the worker died before prctl took effect
             os._exit(1)
 

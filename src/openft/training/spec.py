@@ -60,6 +60,8 @@ class TrainingSpec:
     checkpoint_interval_seconds: float = 300.0  # time-based checkpoints besides epoch ends
     keep_checkpoints: int = 3
     micro_batch_tokens: int = 4096  # packed tokens per forward pass; more examples accumulate
+    # Devices the job trains on: GPUs the worker made visible (CUDA_VISIBLE_DEVICES), or CPU processes.
+    n_devices: int = 1
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

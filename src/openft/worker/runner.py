@@ -34,17 +34,31 @@ STOP_GRACE_SECONDS = 120.0
 
 
 class ChildLauncher(Protocol):
-    def start(self, spec_path: Path, log_path: Path) -> subprocess.Popen: ...
+    """Starts the training child. ``cuda_visible_devices`` is given only on a machine with GPUs:
+    the child's ``CUDA_VISIBLE_DEVICES`` (``""``: none); absent, the environment is inherited."""
+
+    def start(self, spec_path: Path, log_path: Path, **devices: str) -> subprocess.Popen: ...
 
 
 class SubprocessLauncher:
     """Runs ``python -m openft.training.child SPEC`` with tcmalloc preloaded where available; the
     child dies with the worker (``PR_SET_PDEATHSIG``) so a killed worker leaves no trainer behind."""
 
-    def start(self, spec_path: Path, log_path: Path) -> subprocess.Popen:
-        from openft.training.launch import child_command, die_with_parent
+    def command(self, spec_path: Path) -> tuple[list[str], dict[str, str]]:
+        from openft.training.launch import child_command
 
-        argv, env = child_command(spec_path)
+        return child_command(spec_path)
+
+    def start(
+        self, spec_path: Path, log_path: Path, *, cuda_visible_devices: str | None = None
+    ) -> subprocess.Popen:
+        from openft.training.launch import die_with_parent
+
+        argv, env = self.command(spec_path)
+        if cuda_visible_devices is not None:
+            # nvidia-smi's numbering (PCI bus order), which the worker's inventory uses
+            env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+            env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices
         with open(log_path, "ab") as err:
             return subprocess.Popen(
                 argv,
@@ -140,6 +154,7 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
         beta=float(hp["beta"]) if method == "dpo" else None,
         init_adapter_path=init_adapter,
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
+        n_devices=int(hp.get("n_devices", 1)),
     )
 
 
@@ -183,8 +198,10 @@ class TrainingRun:
         seam: ModelSeam,
         drain: threading.Event,
         runtime=None,
+        cuda_visible_devices: str | None = None,
     ):
         self.services = services
+        self.cuda_visible_devices = cuda_visible_devices
         self.settings = services.settings
         self.runtime = runtime or services.runtime
         self.claim = claim
@@ -285,7 +302,13 @@ class TrainingRun:
         token = f"generation {gen} on {socket.gethostname()}:{os.getpid()}\n"
         with keeper:
             fence_output_dir(out, token)
-            self.proc = self.launcher.start(spec_path, out / "child.log")
+            # Passed only when set, so launchers written before GPUs existed keep working on CPU.
+            devices = (
+                {}
+                if self.cuda_visible_devices is None
+                else {"cuda_visible_devices": self.cuda_visible_devices}
+            )
+            self.proc = self.launcher.start(spec_path, out / "child.log", **devices)
             if not owns_output_dir(out, token):
                 # Another worker claimed the job and fenced the directory while we were starting.
                 keeper.lost.set()
