@@ -38,6 +38,9 @@ class Settings:
     max_attempts: int = 3
     checkpoint_interval_seconds: float = 300.0
     poll_seconds: float = 1.0
+    # Devices: None = ask this machine (nvidia-smi honouring CUDA_VISIBLE_DEVICES; RAM on a CPU worker)
+    device_memory_gib: float | None = None  # memory one training device may use (memory planning)
+    cuda_available: bool | None = None  # whether workers train on CUDA (qlora is refused without)
     # Serving
     serving_memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
     allow_remote_without_keys: bool = False
@@ -82,6 +85,10 @@ class Settings:
         ):
             if key in env:
                 values[name] = _float(env, key)
+        if env.get("OPENFT_DEVICE_MEMORY_GIB", "auto") != "auto":
+            values["device_memory_gib"] = _float(env, "OPENFT_DEVICE_MEMORY_GIB")
+        if env.get("OPENFT_CUDA", "auto") != "auto":
+            values["cuda_available"] = _bool(env, "OPENFT_CUDA")
         if "OPENFT_MAX_ATTEMPTS" in env:
             values["max_attempts"] = _int(env, "OPENFT_MAX_ATTEMPTS")
         if "OPENFT_ORGANIZATION" in env:
@@ -107,6 +114,10 @@ class Settings:
             )
         if self.max_attempts < 1:
             raise SettingsError("OPENFT_MAX_ATTEMPTS must be at least 1.")
+        if self.device_memory_gib is not None and not self.device_memory_gib > 0:
+            raise SettingsError(
+                f"OPENFT_DEVICE_MEMORY_GIB must be a number of GiB > 0 or 'auto', got {self.device_memory_gib}."
+            )
 
 
 def _int(env, key: str) -> int:
@@ -121,6 +132,15 @@ def _float(env, key: str) -> float:
         return float(env[key])
     except ValueError:
         raise SettingsError(f"{key} must be a number, got {env[key]!r}.") from None
+
+
+def _bool(env, key: str) -> bool:
+    value = env[key].strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise SettingsError(f"{key} must be 'auto', 'true' or 'false', got {env[key]!r}.")
 
 
 def _json_map(env, key: str) -> dict[str, str]:

@@ -46,7 +46,7 @@ class TrainingSpec:
     n_epochs: int
     batch_size: int  # examples per optimizer step, as at OpenAI
     learning_rate: float  # base rate x learning_rate_multiplier, resolved by the caller
-    fine_tuning_type: Literal["lora", "full"] = "lora"
+    fine_tuning_type: Literal["lora", "qlora", "full"] = "lora"
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
@@ -60,6 +60,7 @@ class TrainingSpec:
     checkpoint_interval_seconds: float = 300.0  # time-based checkpoints besides epoch ends
     keep_checkpoints: int = 3
     micro_batch_tokens: int = 4096  # packed tokens per forward pass; more examples accumulate
+    gradient_checkpointing: bool = False  # recompute each layer in backward (memory plan decides)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

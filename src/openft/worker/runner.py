@@ -19,8 +19,10 @@ from typing import Protocol
 
 from openft.domain import hyperparameters as hp_rules
 from openft.domain.lifecycle import JobStatus
+from openft.services.accelerators import memory_plan
 from openft.training.launch import LEASE_FILE
-from openft.training.spec import ERROR_TRAINING, ERROR_WORKER_LOST, TrainingSpec
+from openft.training.memory import DoesNotFit
+from openft.training.spec import ERROR_OUT_OF_MEMORY, ERROR_TRAINING, ERROR_WORKER_LOST, TrainingSpec
 from openft.worker.lease import LeaseKeeper
 
 log = logging.getLogger(__name__)
@@ -117,6 +119,13 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
             services.files.local_path(services.files.get(job.organization_id, job.validation_file))
         )
     method = job.method_type
+    # This worker's device may differ from the one validation planned for: plan again (DoesNotFit
+    # fails the job). Jobs validated before gradient_checkpointing existed have no value: auto.
+    planned = memory_plan(settings, base_dir, job.base_model, method, hp)
+    checkpointing = hp.get("gradient_checkpointing", hp_rules.AUTO)
+    if checkpointing == hp_rules.AUTO:
+        checkpointing = bool(planned and planned.gradient_checkpointing)
+    sizing = {"micro_batch_tokens": planned.micro_batch_tokens} if planned else {}
     return TrainingSpec(
         job_id=job.id,
         method=method,
@@ -140,6 +149,8 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
         beta=float(hp["beta"]) if method == "dpo" else None,
         init_adapter_path=init_adapter,
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
+        gradient_checkpointing=bool(checkpointing),
+        **sizing,
     )
 
 
@@ -204,7 +215,9 @@ class TrainingRun:
             if self.proc is None or self.proc.poll() is not None:
                 return
             # One request per run, except that a cancel overrides a pause or drain still under way.
-            if self.state.requested is not None and not (what == "cancel" and self.state.requested != "cancel"):
+            if self.state.requested is not None and not (
+                what == "cancel" and self.state.requested != "cancel"
+            ):
                 return
             self.state.requested = what
             self._stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
@@ -244,6 +257,9 @@ class TrainingRun:
         job, gen = self.job, self.claim.generation
         try:
             spec = build_spec(self.services, job, self.seam)
+        except DoesNotFit as exc:
+            self.runtime.fail(job.id, gen, code=ERROR_OUT_OF_MEMORY, message=exc.message)
+            return
         except Exception as exc:
             log.exception("job %s: could not prepare training", job.id)
             self.runtime.fail(

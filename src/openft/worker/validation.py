@@ -10,6 +10,9 @@ from typing import Protocol
 from openft.datasets import validate_file
 from openft.domain import hyperparameters as hp_rules
 from openft.errors import NotFoundError
+from openft.services.accelerators import memory_plan
+from openft.training.memory import DoesNotFit
+from openft.training.spec import ERROR_OUT_OF_MEMORY
 
 log = logging.getLogger(__name__)
 
@@ -124,6 +127,14 @@ def validate_job(services, claim, seam: TokenizerSeam, *, runtime=None) -> None:
 
     train = reports["training"]
     resolved = hp_rules.resolve(method, job.hyperparameters, train.n_examples, facts)
+    try:
+        planned = memory_plan(services.settings, model_dir, job.base_model, method, resolved)
+    except DoesNotFit as exc:
+        runtime.fail(job.id, claim.generation, code=ERROR_OUT_OF_MEMORY, message=exc.message)
+        return
+    resolved = hp_rules.resolve_gradient_checkpointing(
+        resolved, bool(planned and planned.gradient_checkpointing)
+    )
     steps = hp_rules.total_steps(train.n_examples, resolved["batch_size"], resolved["n_epochs"])
     stats = {
         "n_examples": train.n_examples,
