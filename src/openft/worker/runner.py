@@ -32,6 +32,9 @@ CHECKPOINT_COMPLETE = "COMPLETE"
 # After a cancel or pause the child stops at the next step boundary; a step that takes longer
 # than this is killed (a cancel must free the process; a pause falls back to the last checkpoint).
 STOP_GRACE_SECONDS = 120.0
+# A child that reported an error (a CUDA out-of-memory, say) must exit; one stuck in its teardown is
+# killed after this long so the worker never hangs on it.
+ERROR_EXIT_GRACE_SECONDS = 30.0
 
 
 class ChildLauncher(Protocol):
@@ -248,7 +251,7 @@ class TrainingRun:
             if self.drain.is_set():
                 self._ask("drain")
             if self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
-                log.warning("job %s: child did not stop in %ss; killing it", self.job.id, STOP_GRACE_SECONDS)
+                log.warning("job %s: the training child did not stop in time; killing it", self.job.id)
                 self._kill()
             time.sleep(0.2)
 
@@ -355,6 +358,9 @@ class TrainingRun:
             self.state.result = line
         elif kind == "error":
             self.state.error = line
+            with self._signal_lock:
+                deadline = time.monotonic() + ERROR_EXIT_GRACE_SECONDS
+                self._stop_deadline = min(self._stop_deadline or deadline, deadline)
         elif kind in ("paused", "cancelled"):
             self.state.stopped = kind
 
