@@ -21,6 +21,7 @@ AUTO_SUPERVISED = {
     "lora_dropout": "auto",
     "lora_target_modules": "auto",
     "max_seq_length": "auto",
+    "gradient_checkpointing": "auto",
 }
 
 

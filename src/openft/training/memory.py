@@ -184,7 +184,8 @@ class Estimate:
 
 
 def gib(n: int | float) -> str:
-    return f"{n / GIB:.1f}" if n >= 0.1 * GIB else f"{n / GIB:.2f}"
+    """Bytes as GiB: one decimal from 10 GiB, two below."""
+    return f"{n / GIB:.1f}" if n >= 10 * GIB else f"{n / GIB:.2f}"
 
 
 def weight_bytes(shape: ModelShape, setup: Setup) -> int:
