@@ -144,6 +144,9 @@ def _cpu(spec: TrainingSpec) -> Device:
 def _cuda(spec: TrainingSpec) -> Device:
     device = torch.device("cuda", 0)  # the worker makes the job's GPU the only one visible
     torch.cuda.set_device(device)
+    if spec.extra.get("cuda_memory_fraction"):
+        # A share of the GPU (another process uses the rest); past it the allocator raises OutOfMemoryError.
+        torch.cuda.set_per_process_memory_fraction(float(spec.extra["cuda_memory_fraction"]), device)
     # TF32 for any matmul left in fp32 (optimizer-side math, fp32 modules); bf16 work is unaffected.
     torch.set_float32_matmul_precision("high")
     torch.backends.cudnn.allow_tf32 = True
