@@ -110,7 +110,9 @@ def _varlen_call() -> Kernel | None:
     takes_scale = "scale" in parameters
 
     def kernel(q, k, v, cu_seqlens, max_seqlen, scale):
+        # the layers hand transposed views; flash kernels want packed (tokens, heads, dim) rows
         k, v = _expand_kv(q, k, v)
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
         extra = {"scale": scale} if takes_scale else {}
         if not takes_scale and abs(scale - q.shape[-1] ** -0.5) > 1e-12:
             raise ValueError("this PyTorch's varlen_attn has no scale argument")
@@ -132,20 +134,24 @@ def probe_varlen(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> t
     generator = torch.Generator(device=device).manual_seed(0)
     lengths = [5, 17, 3]
     cu = torch.tensor([0, 5, 22, 25], dtype=torch.int32, device=device)
-    q = torch.randn(sum(lengths), 4, 64, device=device, dtype=dtype, generator=generator, requires_grad=True)
-    k = torch.randn(sum(lengths), 2, 64, device=device, dtype=dtype, generator=generator, requires_grad=True)
-    v = torch.randn(sum(lengths), 2, 64, device=device, dtype=dtype, generator=generator, requires_grad=True)
+    # (heads, tokens, dim) leaves seen through transposes: the layout the attention layers hand over
+    shapes = {"q": 4, "k": 2, "v": 2}
+    leaves = {
+        name: torch.randn(heads, sum(lengths), 64, device=device, dtype=dtype, generator=generator).requires_grad_()
+        for name, heads in shapes.items()
+    }
+    q, k, v = (leaves[name].transpose(0, 1) for name in shapes)
     try:
         out = kernel(q, k, v, cu, max(lengths), 0.125)
         out.float().square().sum().backward()
-        grads = [t.grad.clone() for t in (q, k, v)]
-        for t in (q, k, v):
-            t.grad = None
+        grads = [leaf.grad.clone() for leaf in leaves.values()]
+        for leaf in leaves.values():
+            leaf.grad = None
         reference = per_sequence_sdpa(q, k, v, cu, max(lengths), 0.125)
         reference.float().square().sum().backward()
         torch.testing.assert_close(out, reference, atol=2e-2, rtol=2e-2)
-        for got, want in zip(grads, (q.grad, k.grad, v.grad), strict=True):
-            torch.testing.assert_close(got, want, atol=5e-2, rtol=5e-2)
+        for got, leaf in zip(grads, leaves.values(), strict=True):
+            torch.testing.assert_close(got, leaf.grad, atol=5e-2, rtol=5e-2)
     except Exception as exc:  # noqa: BLE001 - any failure means: do not use it
         return None, f"per-sequence SDPA (varlen attention failed its probe: {type(exc).__name__})"
     return kernel, "varlen flash attention"
