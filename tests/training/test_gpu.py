@@ -26,18 +26,24 @@ pytestmark = [
 
 
 @pytest.fixture(scope="module")
-def cuda_model(tiny_model_dir):
+def cuda_model(tiny_model_dir, tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
     from openft.training import devices
     from openft.training.models import load_base
 
-    spec = make_spec(Path("/nonexistent"), tiny_model_dir, [], fine_tuning_type="lora")
+    spec = make_spec(tmp_path_factory.mktemp("spec"), tiny_model_dir, [], fine_tuning_type="lora")
     device = devices.select(spec)
     assert device.kind == "cuda"
-    return device, load_base(str(tiny_model_dir), device, torch.bfloat16).eval()
+    packed = load_base(str(tiny_model_dir), device, torch.bfloat16).eval()
+    plain = AutoModelForCausalLM.from_pretrained(
+        tiny_model_dir, dtype=torch.bfloat16, attn_implementation="sdpa"
+    )
+    return device, packed, plain.to(device.torch_device).eval()
 
 
 def test_varlen_attention_passes_its_probe_on_this_gpu(cuda_model):
-    device, model = cuda_model
+    device, _, _ = cuda_model
     assert device.varlen is not None, device.description
     assert "varlen flash attention" in device.description
 
@@ -46,7 +52,7 @@ def test_packed_logits_equal_per_example_logits_on_the_gpu(cuda_model):
     from openft.training.labels import IGNORE_INDEX, TokenizedSequence
     from openft.training.packing import forward_hidden, pack_row
 
-    device, model = cuda_model
+    device, model, plain = cuda_model
     seqs = [[5, 9, 13, 17, 21, 25, 29], [40, 41, 42], [7, 70, 77, 7, 70, 8, 80, 88, 8]]
     sequences = [TokenizedSequence(s, [IGNORE_INDEX] + s[1:]) for s in seqs]
     head = model.get_output_embeddings()
@@ -54,7 +60,8 @@ def test_packed_logits_equal_per_example_logits_on_the_gpu(cuda_model):
         packed = head(forward_hidden(model, pack_row(sequences).to(device.torch_device))).float()
         offset = 0
         for s in seqs:
-            alone = model(input_ids=torch.tensor([s], device=device.torch_device)).logits[0].float()
+            # the plain transformers forward (SDPA, causal) of the sequence alone
+            alone = plain(input_ids=torch.tensor([s], device=device.torch_device)).logits[0].float()
             torch.testing.assert_close(packed[offset : offset + len(s)], alone, atol=3e-2, rtol=3e-2)
             offset += len(s)
         # a neighbour never leaks in: the same last sequence after a different first one
