@@ -137,7 +137,9 @@ def probe_varlen(device: torch.device, dtype: torch.dtype = torch.bfloat16) -> t
     # (heads, tokens, dim) leaves seen through transposes: the layout the attention layers hand over
     shapes = {"q": 4, "k": 2, "v": 2}
     leaves = {
-        name: torch.randn(heads, sum(lengths), 64, device=device, dtype=dtype, generator=generator).requires_grad_()
+        name: torch.randn(
+            heads, sum(lengths), 64, device=device, dtype=dtype, generator=generator
+        ).requires_grad_()
         for name, heads in shapes.items()
     }
     q, k, v = (leaves[name].transpose(0, 1) for name in shapes)
