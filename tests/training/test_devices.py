@@ -192,3 +192,26 @@ def test_out_of_memory_message_names_model_estimate_device_and_what_would_fit(ti
     message = devices.out_of_memory_message(spec, device, 3)
     assert message.startswith(f"{tiny_model_dir.name} ran out of memory at step 3: fine_tuning_type=lora")
     assert "was estimated at" in message and "(CPU RAM)" in message and "What would fit:" in message
+
+
+@pytest.mark.parametrize("fine_tuning_type", ["lora", "full"])
+def test_gradient_checkpointing_recomputes_to_the_same_losses(fine_tuning_type, tiny_model_dir, tmp_path):
+    from openft.training.models import causal_lm, trainable_model
+    from openft.training.recipe import train
+
+    losses = {}
+    for on in (False, True):
+        spec = make_spec(
+            tmp_path / str(on),
+            tiny_model_dir,
+            code_word_rows(8),
+            n_epochs=1,
+            fine_tuning_type=fine_tuning_type,
+            gradient_checkpointing=on,
+            lora_dropout=0.1 if fine_tuning_type == "lora" else 0.0,  # replayed with the same mask
+        )
+        assert causal_lm(trainable_model(spec, None)).is_gradient_checkpointing is on
+        reporter = RecordingReporter()
+        train(spec, reporter)
+        losses[on] = [m["data"]["train_loss"] for m in reporter.of_type("metrics")]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
