@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 TEST_STAMP := $(VENV)/.openft-test-installed
 
-.PHONY: install install-test serve test lint bench-train bench-generation bench-validate
+.PHONY: install install-test serve test lint bench-train bench-generation bench-validate bench-gpu
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -46,3 +46,7 @@ bench-generation: install-test
 
 bench-validate: install-test
 	$(BIN)/python bench/validate.py
+
+# On a GPU machine (see README "Training on a GPU"); --smoke runs it anywhere in a few minutes.
+bench-gpu: install-test
+	$(BIN)/python bench/gpu.py

@@ -1,10 +1,12 @@
-"""Benchmark: openft's training engine against TRL's SFTTrainer (default configuration) on the same run.
+"""Benchmark: openft's training engine against TRL's SFTTrainer, defaults and padding-free, in one run.
 
-Both sides train the same synthetic chat data (64 examples, 50-400 tokens), model, LoRA rank,
-batch size, learning rate and seed, each in its own process (openft's launched as the worker
-launches it, via ``child_command``'s environment). Prints tokens/s (real, non-padding tokens),
-their ratio, model FLOPs utilisation (6 x trainable-forward params x tokens/s against this CPU's
-bf16 matmul peak, measured in the same run) and the first steps' losses side by side.
+All sides train the same synthetic chat data (64 examples, 50-400 tokens), model, LoRA rank, batch
+size, learning rate and seed, each in its own process (openft's launched as the worker launches it,
+via ``child_command``'s environment). Baselines: TRL ``SFTTrainer`` with its defaults (bf16, padded
+batches, gradient checkpointing on), and the same with ``padding_free=True``. Prints the CPU it ran
+on, tokens/s (real, non-padding tokens), the ratios, model FLOPs utilisation against this CPU's bf16
+matmul peak measured in the same run (FLOPs counted as ``bench/workload.py`` says: 4 x N per token for
+LoRA, 6 x N for full, the head on trained tokens, plus attention) and the first steps' losses.
 
     python bench/train_throughput.py                  # SmolLM2-135M-Instruct from the packaged GGUF
     python bench/train_throughput.py --model DIR      # any local HF directory (e.g. a tiny model)
@@ -15,106 +17,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-TOPICS = ["the ocean", "a bicycle", "tax forms", "volcanoes", "jazz", "gardening", "compilers", "tea"]
-WORDS = [
-    "the",
-    "of",
-    "and",
-    "to",
-    "in",
-    "is",
-    "that",
-    "it",
-    "for",
-    "on",
-    "with",
-    "as",
-    "was",
-    "at",
-    "by",
-    "an",
-    "be",
-    "this",
-    "which",
-    "or",
-    "from",
-    "but",
-    "not",
-    "are",
-    "have",
-    "one",
-    "all",
-    "were",
-    "when",
-    "there",
-    "can",
-    "more",
-    "if",
-    "out",
-    "so",
-    "what",
-    "up",
-    "about",
-    "into",
-    "than",
-    "them",
-    "some",
-    "could",
-    "time",
-]
+from workload import DataStats, ModelFlops, lora_parameters, matmul_peak_flops, synthetic_rows, throughput
 
-
-def synthetic_rows(n: int, seed: int) -> list[dict]:
-    """Chat examples whose lengths spread over roughly 50-400 tokens."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        topic = TOPICS[i % len(TOPICS)]
-        question = f"Tell me something about {topic}. " + " ".join(rng.choices(WORDS, k=rng.randint(5, 40)))
-        answer = " ".join(rng.choices(WORDS, k=rng.randint(20, 280))) + "."
-        rows.append(
-            {
-                "messages": [
-                    {"role": "system", "content": "You are a helpful assistant."},
-                    {"role": "user", "content": question},
-                    {"role": "assistant", "content": answer},
-                ]
-            }
-        )
-    return rows
-
-
-def matmul_peak_flops(dtype_name: str, size: int = 2048, seconds: float = 3.0) -> float:
-    """FLOP/s of a square matmul loop (at least one timed iteration)."""
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
-    a @ b
-    count, start = 0, time.perf_counter()
-    while count == 0 or time.perf_counter() - start < seconds:
-        a @ b
-        count += 1
-    return 2 * size**3 * count / (time.perf_counter() - start)
-
-
-def forward_params(model_dir: str) -> int:
-    """Parameters a forward pass multiplies by (embedding lookup excluded, LM head included)."""
-    from transformers import AutoConfig
-
-    c = AutoConfig.from_pretrained(model_dir)
-    head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    attn = c.hidden_size * head_dim * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)
-    mlp = 3 * c.hidden_size * c.intermediate_size
-    return c.num_hidden_layers * (attn + mlp) + c.hidden_size * c.vocab_size
+SIDES = {
+    "openft": "openft",
+    "trl": "TRL SFTTrainer (defaults)",
+    "trl-padding-free": "TRL SFTTrainer (padding_free=True)",
+    "trl-fp32": "TRL SFTTrainer (bf16=False)",
+}
+MAX_SEQ_LENGTH = 1024
 
 
 # ---- one side per process -------------------------------------------------------------------------
@@ -138,7 +55,7 @@ def run_openft(args: argparse.Namespace, work: Path) -> dict:
         lora_alpha=2.0 * args.rank,
         warmup_ratio=0.0,
         checkpoint_interval_seconds=1e9,
-        max_seq_length=1024,
+        max_seq_length=MAX_SEQ_LENGTH,
     )
     steps: list[dict] = []
 
@@ -191,6 +108,8 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
         seed=args.seed,
         use_cpu=True,  # required on a machine without a GPU
         **({"bf16": False} if args.side == "trl-fp32" else {}),
+        # padding-free does not truncate; these examples are shorter than any limit anyway
+        **({"padding_free": True, "max_length": None} if args.side == "trl-padding-free" else {}),
         logging_steps=1,  # loss per step for the side-by-side check; no effect on training
         include_num_input_tokens_seen="non_padding",  # counting only
         save_strategy="no",
@@ -209,12 +128,6 @@ def run_trl(args: argparse.Namespace, work: Path) -> dict:
         out.append({"time": step["time"], "tokens": step["seen"] - previous, "loss": step.get("loss")})
         previous = step["seen"]
     return {"start": start, "steps": out}
-
-
-def throughput(steps: list[dict]) -> float:
-    """Tokens/s over every step but the first (warm-up)."""
-    measured = steps[1:]
-    return sum(s["tokens"] for s in measured) / (measured[-1]["time"] - steps[0]["time"])
 
 
 def main() -> None:
@@ -239,7 +152,10 @@ def main() -> None:
         action="store_true",
         help="skip TRL's default configuration (with --trl-fp32: compare against TRL in fp32 only)",
     )
-    parser.add_argument("--side", choices=["openft", "trl", "trl-fp32"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--skip-trl-padding-free", action="store_true", help="skip TRL with padding_free=True"
+    )
+    parser.add_argument("--side", choices=list(SIDES), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -255,26 +171,28 @@ def main() -> None:
         from openft.training.base_models import materialize
 
         args.model = str(materialize(SMOLLM2_PACKAGE_SOURCE, Path(args.cache_dir)))
+    from openft.training.hardware import cpu_has_native_bf16, cpu_name
     from openft.training.launch import child_command
 
+    rows = synthetic_rows(args.examples, 0)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        (work / "train.jsonl").write_text(
-            "".join(json.dumps(r) + "\n" for r in synthetic_rows(args.examples, 0))
-        )
-        from openft.training.recipe import cpu_has_native_bf16
-
+        (work / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         native_bf16 = cpu_has_native_bf16()
         # Without native bf16 (AVX2-only CPUs) one bf16 2048^2 matmul takes about a minute: time 512^2.
         peaks = {
             "bf16": matmul_peak_flops("bfloat16", 2048 if native_bf16 else 512),
             "fp32": matmul_peak_flops("float32"),
         }
-        peak = max(peaks.values())
+        peak = peaks["bf16"] if native_bf16 else max(peaks.values())
         results = {}
-        baselines = (() if args.skip_trl_default else ("trl",)) + (("trl-fp32",) if args.trl_fp32 else ())
+        baselines = (
+            (() if args.skip_trl_default else ("trl",))
+            + (() if args.skip_trl_padding_free else ("trl-padding-free",))
+            + (("trl-fp32",) if args.trl_fp32 else ())
+        )
         if not baselines:
-            sys.exit("nothing to compare against: drop --skip-trl-default or add --trl-fp32")
+            sys.exit("nothing to compare against: drop --skip-trl-default or --skip-trl-padding-free")
         for side in ("openft", *baselines):
             argv = [sys.executable, __file__, "--side", side, "--work", str(work), "--model", args.model]
             argv += ["--steps", str(args.steps), "--batch-size", str(args.batch_size), "--lr", str(args.lr)]
@@ -288,38 +206,42 @@ def main() -> None:
             results[side] = json.loads(marker[-1].removeprefix("BENCH_RESULT "))
             print(f"{side}: {throughput(results[side]['steps']):.1f} tokens/s", flush=True)
 
-    n_params = forward_params(args.model)
+    from transformers import AutoConfig
+
+    from openft.training.models import load_tokenizer
+
+    config = AutoConfig.from_pretrained(args.model)
+    stats = DataStats.of(rows, load_tokenizer(args.model), MAX_SEQ_LENGTH)
+    flops_per_token = ModelFlops.of(config).per_token(stats, "lora", lora_parameters(config, args.rank))
     print(f"model: {args.model}")
     print(
-        f"threads: {len(os.sched_getaffinity(0))}, native bf16: {native_bf16}, matmul peak GFLOP/s: "
-        f"bf16 {peaks['bf16'] / 1e9:.1f}, fp32 {peaks['fp32'] / 1e9:.1f} (MFU uses the higher)"
+        f"CPU: {cpu_name()}, {len(os.sched_getaffinity(0))} threads, native bf16: {native_bf16}; matmul peak "
+        f"GFLOP/s: bf16 {peaks['bf16'] / 1e9:.1f}, fp32 {peaks['fp32'] / 1e9:.1f} (MFU against "
+        f"{'bf16' if native_bf16 else 'the higher'})"
     )
     print(
-        f"batch {args.batch_size}, LoRA rank {args.rank}, lr {args.lr}, {args.steps} measured steps + 1 warm-up"
+        f"batch {args.batch_size}, LoRA rank {args.rank}, lr {args.lr}, {args.steps} measured steps + 1 warm-up; "
+        f"{stats.tokens / stats.examples:.0f} tokens per example, {100 * stats.trained_tokens / stats.tokens:.0f}% "
+        f"trained; {flops_per_token / 1e9:.3f} GFLOP per token (4N LoRA + head on trained tokens + attention)"
     )
     rates = {}
-    labels = {
-        "openft": "openft",
-        "trl": "TRL SFTTrainer (defaults)",
-        "trl-fp32": "TRL SFTTrainer (bf16=False)",
-    }
-    for side, label in labels.items():
+    for side, label in SIDES.items():
         if side not in results:
             continue
         rate = throughput(results[side]["steps"])
         rates[side] = rate
-        mfu = 6 * n_params * rate / peak
-        print(f"{label:28s} {rate:8.1f} tokens/s   MFU {100 * mfu:5.1f}%")
-    if "trl" in rates:
-        print(f"ratio openft / TRL defaults: {rates['openft'] / rates['trl']:.2f}x")
-    if "trl-fp32" in rates:
-        print(f"ratio openft / TRL bf16=False: {rates['openft'] / rates['trl-fp32']:.2f}x")
-    print("step  openft_loss  trl_loss   (different shuffles: equal within noise, not bit for bit)")
-    for i, (a, b) in enumerate(
-        zip(results["openft"]["steps"], results[baselines[0]]["steps"], strict=False), start=1
+        print(f"{label:36s} {rate:8.1f} tokens/s   MFU {100 * flops_per_token * rate / peak:5.1f}%")
+    floors = {"trl": 2.5, "trl-padding-free": 1.8, "trl-fp32": None}
+    for side in baselines:
+        floor = f" (floor {floors[side]}x)" if floors[side] and native_bf16 else ""
+        print(f"ratio openft / {SIDES[side]}: {rates['openft'] / rates[side]:.2f}x{floor}")
+    print("step  openft_loss  " + "  ".join(f"{side:>16s}" for side in baselines))
+    print("      (different shuffles and batching: equal within noise, not bit for bit)")
+    for i, steps in enumerate(
+        zip(*(results[side]["steps"] for side in ("openft", *baselines)), strict=False), 1
     ):
-        trl_loss = f"{b['loss']:.4f}" if b.get("loss") is not None else "   n/a"
-        print(f"{i:4d}  {a['loss']:11.4f}  {trl_loss:>8s}")
+        cells = [f"{s['loss']:16.4f}" if s.get("loss") is not None else f"{'n/a':>16s}" for s in steps[1:]]
+        print(f"{i:4d}  {steps[0]['loss']:11.4f}  " + "  ".join(cells))
 
 
 if __name__ == "__main__":

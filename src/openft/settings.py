@@ -46,6 +46,9 @@ class Settings:
     poll_seconds: float = 1.0
     # The GPUs a worker owns: "all" (every visible CUDA device; none on a CPU machine), "none", or "0,1,3"
     gpus: str = "all"
+    # Devices: None = ask this machine (nvidia-smi honouring CUDA_VISIBLE_DEVICES; RAM on a CPU worker)
+    device_memory_gib: float | None = None  # memory one training device may use (memory planning)
+    cuda_available: bool | None = None  # whether workers train on CUDA (qlora is refused without)
     # Serving
     serving_memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
     allow_remote_without_keys: bool = False
@@ -114,6 +117,10 @@ class Settings:
             values["body_timeout_seconds"] = _float(env, "OPENFT_BODY_TIMEOUT_SECONDS")
         if "OPENFT_SWEEP_INTERVAL_SECONDS" in env:
             values["sweep_interval_seconds"] = _float(env, "OPENFT_SWEEP_INTERVAL_SECONDS")
+        if env.get("OPENFT_DEVICE_MEMORY_GIB", "auto") != "auto":
+            values["device_memory_gib"] = _float(env, "OPENFT_DEVICE_MEMORY_GIB")
+        if env.get("OPENFT_CUDA", "auto") != "auto":
+            values["cuda_available"] = _bool(env, "OPENFT_CUDA")
         if "OPENFT_MAX_ATTEMPTS" in env:
             values["max_attempts"] = _int(env, "OPENFT_MAX_ATTEMPTS")
         if "OPENFT_GPUS" in env:
@@ -182,6 +189,10 @@ class Settings:
             raise SettingsError(
                 f"--gpus / OPENFT_GPUS must be 'all', 'none' or GPU indices such as '0,1,3'; got {self.gpus!r}."
             )
+        if self.device_memory_gib is not None and not self.device_memory_gib > 0:
+            raise SettingsError(
+                f"OPENFT_DEVICE_MEMORY_GIB must be a number of GiB > 0 or 'auto', got {self.device_memory_gib}."
+            )
 
 
 def _int(env, key: str) -> int:
@@ -203,6 +214,15 @@ def _float_list(env, key: str) -> tuple[float, ...]:
         return tuple(float(part) for part in env[key].split(",") if part.strip())
     except ValueError:
         raise SettingsError(f"{key} must be comma-separated numbers of seconds, got {env[key]!r}.") from None
+
+
+def _bool(env, key: str) -> bool:
+    value = env[key].strip().lower()
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise SettingsError(f"{key} must be 'auto', 'true' or 'false', got {env[key]!r}.")
 
 
 def _json_map(env, key: str) -> dict[str, str]:

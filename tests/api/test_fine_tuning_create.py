@@ -22,6 +22,7 @@ AUTO_SUPERVISED = {
     "lora_target_modules": "auto",
     "max_seq_length": "auto",
     "n_devices": "auto",
+    "gradient_checkpointing": "auto",
 }
 
 

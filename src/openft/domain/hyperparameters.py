@@ -14,6 +14,10 @@ Resolution rules (documented in the README):
 - ``beta`` (DPO): 0.1.
 - ``fine_tuning_type``: ``"lora"``; ``lora_rank`` 16; ``lora_alpha`` 2 x rank; ``lora_dropout`` 0.0;
   ``lora_target_modules`` ``"all-linear"``; ``max_seq_length``: the base model's context, at most 2048.
+  ``"qlora"`` is LoRA over a base loaded in 4-bit NF4; it needs a CUDA worker.
+- ``gradient_checkpointing``: decided by the memory plan (``training/memory.py``), not here: off
+  when the device holds a micro-batch of the longest example without it, on otherwise. See
+  ``resolve_gradient_checkpointing``.
 - ``n_devices``: how many devices (GPUs on a GPU worker, processes on a CPU worker) one job trains on;
   ``auto`` is 1 for now (see ``resolve_n_devices``).
 """
@@ -46,8 +50,12 @@ EXTENSION_KEYS = (
     "lora_target_modules",
     "max_seq_length",
     "n_devices",
+    "gradient_checkpointing",
 )
 MAX_DEVICES = 64
+FINE_TUNING_TYPES = ("lora", "qlora", "full")
+# The types whose trained weights are a LoRA adapter over an unchanged base.
+ADAPTER_TYPES = ("lora", "qlora")
 METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "supervised": OPENAI_KEYS + EXTENSION_KEYS,
     "dpo": OPENAI_KEYS + ("beta",) + EXTENSION_KEYS,
@@ -107,9 +115,9 @@ def check(method: str, hyperparameters: dict[str, Any], param_prefix: str) -> di
                 f"Invalid value for beta: {beta!r}. Expected 'auto' or a number in (0, 2].", p("beta")
             )
     ftt = hp["fine_tuning_type"]
-    if ftt not in (AUTO, "lora", "full"):
+    if ftt != AUTO and ftt not in FINE_TUNING_TYPES:
         raise HyperparameterError(
-            f"Invalid value for fine_tuning_type: {ftt!r}. Expected 'auto', 'lora' or 'full'.",
+            f"Invalid value for fine_tuning_type: {ftt!r}. Expected 'auto', 'lora', 'qlora' or 'full'.",
             p("fine_tuning_type"),
         )
     _int_in("lora_rank", hp["lora_rank"], 1, 1024, p("lora_rank"))
@@ -136,6 +144,12 @@ def check(method: str, hyperparameters: dict[str, Any], param_prefix: str) -> di
         )
     _int_in("max_seq_length", hp["max_seq_length"], 16, 1_048_576, p("max_seq_length"))
     _int_in("n_devices", hp["n_devices"], 1, MAX_DEVICES, p("n_devices"))
+    checkpointing = hp["gradient_checkpointing"]
+    if checkpointing != AUTO and not isinstance(checkpointing, bool):
+        raise HyperparameterError(
+            f"Invalid value for gradient_checkpointing: {checkpointing!r}. Expected 'auto', true or false.",
+            p("gradient_checkpointing"),
+        )
     return hp
 
 
@@ -171,7 +185,9 @@ def resolve_n_devices(hp: dict[str, Any], model: ModelFacts) -> int:
 
 
 def resolve(method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts) -> dict[str, Any]:
-    """Replace every ``"auto"`` with a concrete value. ``hp`` must have passed ``check``."""
+    """Replace every ``"auto"`` with a concrete value, except ``gradient_checkpointing``, which the
+    memory plan decides once the rest is known (``resolve_gradient_checkpointing``). ``hp`` must have
+    passed ``check``."""
     out = dict(hp)
 
     def pick(key: str, value: Any) -> None:
@@ -195,10 +211,18 @@ def resolve(method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts)
     return out
 
 
+def resolve_gradient_checkpointing(hp: dict[str, Any], needed: bool) -> dict[str, Any]:
+    """``hp`` with ``gradient_checkpointing`` resolved: ``needed`` is the memory plan's answer."""
+    out = dict(hp)
+    if out.get("gradient_checkpointing", AUTO) == AUTO:
+        out["gradient_checkpointing"] = needed
+    return out
+
+
 def base_learning_rate(method: str, fine_tuning_type: str) -> float:
     """The rate that ``learning_rate_multiplier`` scales: LoRA tolerates (and needs) a far higher
     rate than updating every weight; DPO moves more gently than SFT."""
-    if fine_tuning_type == "lora":
+    if fine_tuning_type in ADAPTER_TYPES:
         return 2e-4 if method == "supervised" else 5e-5
     return 2e-5 if method == "supervised" else 5e-6
 

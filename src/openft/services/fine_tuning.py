@@ -13,6 +13,7 @@ from openft.domain import hyperparameters as hp_rules
 from openft.domain.lifecycle import TERMINAL, JobStatus, can_transition
 from openft.domain.scope import Owner, Scope
 from openft.errors import InvalidRequestError, NotFoundError
+from openft.services.accelerators import cuda_available
 from openft.store import jobs as store
 from openft.store.tables import JobCheckpointRow, JobEventRow, JobRow
 
@@ -94,6 +95,15 @@ class FineTuningService:
         metadata = _check_metadata(metadata)
         integrations = _check_integrations(integrations)
         method_type, hp = _check_method(method, hyperparameters)
+        if hp["fine_tuning_type"] == "qlora" and not cuda_available(
+            self.services.settings, self.services.workers
+        ):
+            raise InvalidRequestError(
+                "fine_tuning_type 'qlora' loads the base model in 4-bit NF4 with bitsandbytes, which needs a "
+                "CUDA GPU, and this server has no worker with one. Use 'lora' (the same adapter over an "
+                "unquantised base) or 'full'.",
+                param=_hyperparameter_param(method, method_type, "fine_tuning_type"),
+            )
 
         job_id = ids.job_id()
         row = JobRow(
@@ -474,6 +484,15 @@ def _check_method(method: Any, top_level: Any) -> tuple[str, dict[str, Any]]:
                     param="hyperparameters",
                 )
     return method_type, hp
+
+
+def _hyperparameter_param(method: Any, method_type: str, key: str) -> str:
+    """Where the caller set hyperparameter ``key``: under ``method`` if there, else top level."""
+    config = method.get(method_type) if isinstance(method, dict) else None
+    given = (config or {}).get("hyperparameters") if isinstance(config, dict) else None
+    if isinstance(given, dict) and given.get(key, hp_rules.AUTO) != hp_rules.AUTO:
+        return f"method.{method_type}.hyperparameters.{key}"
+    return f"hyperparameters.{key}"
 
 
 def _check_hp(method: str, given: dict[str, Any], prefix: str) -> dict[str, Any]:

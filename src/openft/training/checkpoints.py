@@ -31,7 +31,9 @@ class Checkpoint:
     epoch_end: bool  # an epoch-end checkpoint (kept, and reported as an OpenAI checkpoint)
 
     def load_state(self) -> dict[str, Any]:
-        return torch.load(self.path / STATE_FILE, weights_only=False)
+        # On the CPU whichever device saved it: the optimizer moves its state to its parameters'
+        # device on load, and RNG states are CPU tensors; a GPU checkpoint resumes on a CPU worker.
+        return torch.load(self.path / STATE_FILE, weights_only=False, map_location="cpu")
 
 
 def _fsync_tree(root: Path) -> None:

@@ -75,11 +75,14 @@ class JsonLinesReporter:
         self.stream = stream
         self.requested: str | None = None
         self.ownership = ownership
+        self.last_step = 0  # the last step reported, for error messages
 
     def emit(self, line: dict[str, Any]) -> None:
         # Checked before each line: a metrics line precedes every checkpoint the recipe writes.
         if self.ownership is not None:
             self.ownership.check()
+        if line.get("type") == "metrics":
+            self.last_step = int(line["step"])
         self.stream.write(json.dumps(line) + "\n")
         self.stream.flush()
 
@@ -94,13 +97,20 @@ class JsonLinesReporter:
             self.requested = kind
 
 
-def error_code(exc: BaseException) -> str:
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's refusal (a RuntimeError)."""
     import torch
 
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "can't allocate memory" in str(exc)
+
+
+def error_code(exc: BaseException) -> str:
     from openft.training.models import ModelLoadError
     from openft.training.recipe import NonFiniteLossError
 
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+    if is_out_of_memory(exc):
         return ERROR_OUT_OF_MEMORY
     if isinstance(exc, NonFiniteLossError):
         return ERROR_NAN_LOSS
@@ -122,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     reporter = JsonLinesReporter(protocol)
     signal.signal(signal.SIGUSR1, lambda *_: reporter.request("pause"))
     signal.signal(signal.SIGTERM, lambda *_: reporter.request("cancel"))
+    spec: TrainingSpec | None = None
     try:
         spec = TrainingSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
         reporter.ownership = Ownership.from_env(spec.output_dir)
@@ -144,9 +155,26 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - every failure must become an error line
         traceback.print_exc(file=sys.stderr)
         code = ERROR_TRAINING if isinstance(exc, KeyboardInterrupt) else error_code(exc)
-        reporter.emit({"type": "error", "code": code, "message": f"{type(exc).__name__}: {exc}"})
+        message = f"{type(exc).__name__}: {exc}"
+        if code == ERROR_OUT_OF_MEMORY and spec is not None:
+            message = out_of_memory_message(spec, exc, reporter.last_step)
+        reporter.emit({"type": "error", "code": code, "message": message})
         return 1
     return 0
+
+
+def out_of_memory_message(spec: TrainingSpec, exc: BaseException, last_step: int) -> str:
+    """Free what the failed step held (its frames keep the model and activations alive), then say
+    what ran out and what would fit."""
+    traceback.clear_frames(exc.__traceback__)
+    try:
+        from openft.training import devices
+
+        device = devices.select(spec)
+        device.release_memory()
+        return devices.out_of_memory_message(spec, device, last_step + 1)
+    except Exception as describe_error:  # noqa: BLE001 - the original error must still be reported
+        return f"{type(exc).__name__}: {exc} (and describing it failed: {describe_error})"
 
 
 if __name__ == "__main__":

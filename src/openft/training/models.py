@@ -1,15 +1,23 @@
-"""The trained model: load the base, make it trainable (LoRA or full), and save its servable weights."""
+"""The trained model: load the base, make it trainable (LoRA, QLoRA or full), and save its servable weights.
+
+Dtypes and placement follow the device (``training/devices.py``); trained parameters are always fp32.
+"""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from openft.training.spec import TrainingSpec
+
+if TYPE_CHECKING:
+    from openft.training.devices import Device
+
+ADAPTER_TYPES = ("lora", "qlora")
 
 
 class ModelLoadError(RuntimeError):
@@ -25,39 +33,78 @@ def load_tokenizer(path: str) -> Any:
         raise ModelLoadError(f"Cannot load the tokenizer of base model {path!r}: {exc}") from exc
 
 
-def load_base(path: str) -> torch.nn.Module:
+def load_base(
+    path: str, device: Device | None = None, dtype: torch.dtype = torch.float32, quantized: bool = False
+) -> torch.nn.Module:
+    """The causal LM at ``path`` in ``dtype`` on ``device`` (default: fp32 on the CPU, SDPA).
+
+    ``quantized``: linear weights in 4-bit NF4 (bitsandbytes, CUDA only), computing in bf16.
+    """
     from transformers import AutoModelForCausalLM
 
+    options: dict[str, Any] = {"dtype": dtype, "attn_implementation": device.attention if device else "sdpa"}
+    if device is not None and device.kind == "cuda":
+        options["device_map"] = {"": device.torch_device.index or 0}  # straight onto the GPU
+    if quantized:
+        from transformers import BitsAndBytesConfig
+
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+        )
     try:
-        # fp32 master weights whatever the checkpoint's dtype; bf16 compute comes from autocast.
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+        model = AutoModelForCausalLM.from_pretrained(path, **options)
     except Exception as exc:
-        raise ModelLoadError(f"Cannot load base model {path!r}: {exc}") from exc
+        hint = " QLoRA needs bitsandbytes (pip install 'openft[gpu]')." if quantized else ""
+        raise ModelLoadError(f"Cannot load base model {path!r}: {exc}{hint}") from exc
+    if device is not None and device.kind == "cuda":
+        from openft.training.attention import VARLEN_KEY
+
+        setattr(model, VARLEN_KEY, device.varlen)  # forward_hidden hands it to the attention layers
+    return model
 
 
-def trainable_model(spec: TrainingSpec, weights_dir: Path | None) -> torch.nn.Module:
+def trainable_model(
+    spec: TrainingSpec, weights_dir: Path | None, device: Device | None = None
+) -> torch.nn.Module:
     """The model to optimise. ``weights_dir`` (a checkpoint's adapter/ or model/) overrides the start."""
     if spec.fine_tuning_type == "full":
-        model = load_base(str(weights_dir) if weights_dir else spec.base_model_path)
+        model = load_base(str(weights_dir) if weights_dir else spec.base_model_path, device)
         model.requires_grad_(True)
-        return model
+        return _with_checkpointing(model, spec)
     from peft import LoraConfig, PeftModel, get_peft_model
 
-    base = load_base(spec.base_model_path)
+    dtype = device.base_dtype(spec.fine_tuning_type) if device else torch.float32
+    base = load_base(spec.base_model_path, device, dtype, quantized=spec.fine_tuning_type == "qlora")
+    _with_checkpointing(base, spec)
     start = weights_dir or (Path(spec.init_adapter_path) if spec.init_adapter_path else None)
     if start is not None:
         try:
-            return PeftModel.from_pretrained(base, str(start), is_trainable=True)
+            model = PeftModel.from_pretrained(base, str(start), is_trainable=True)
         except Exception as exc:
             raise ModelLoadError(f"Cannot load the LoRA adapter at {str(start)!r}: {exc}") from exc
-    config = LoraConfig(
-        r=spec.lora_rank,
-        lora_alpha=spec.lora_alpha,
-        lora_dropout=spec.lora_dropout,
-        target_modules=spec.lora_target_modules,
-        task_type="CAUSAL_LM",
-    )
-    return get_peft_model(base, config)
+    else:
+        config = LoraConfig(
+            r=spec.lora_rank,
+            lora_alpha=spec.lora_alpha,
+            lora_dropout=spec.lora_dropout,
+            target_modules=spec.lora_target_modules,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(base, config)
+    for parameter in model.parameters():
+        if parameter.requires_grad and parameter.dtype != torch.float32:
+            parameter.data = parameter.data.float()  # fp32 adapters and optimizer state over a bf16 base
+    return model
+
+
+def _with_checkpointing(model: torch.nn.Module, spec: TrainingSpec) -> torch.nn.Module:
+    if spec.gradient_checkpointing:
+        # Non-reentrant: works with frozen inputs (LoRA) and keeps the RNG state for dropout replays.
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
 
 
 def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
@@ -66,14 +113,14 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def reference_policy(
-    spec: TrainingSpec, model: torch.nn.Module
+    spec: TrainingSpec, model: torch.nn.Module, device: Device | None = None
 ) -> Callable[[], contextlib.AbstractContextManager[torch.nn.Module]]:
     """For DPO: a context that yields the model computing the reference policy.
 
     LoRA: the same model with adapters disabled (no extra memory). Full: a frozen copy of the
     base weights (not of a resumed checkpoint: the reference never moves).
     """
-    if spec.fine_tuning_type == "lora":
+    if spec.fine_tuning_type in ADAPTER_TYPES:
 
         @contextlib.contextmanager
         def adapters_off() -> Iterator[torch.nn.Module]:
@@ -81,7 +128,8 @@ def reference_policy(
                 yield causal_lm(model)
 
         return adapters_off
-    frozen = load_base(spec.base_model_path).requires_grad_(False).eval()
+    dtype = device.reference_dtype() if device else torch.float32
+    frozen = load_base(spec.base_model_path, device, dtype).requires_grad_(False).eval()
 
     @contextlib.contextmanager
     def base_copy() -> Iterator[torch.nn.Module]:
@@ -91,7 +139,7 @@ def reference_policy(
 
 
 def weights_subdir(spec: TrainingSpec) -> str:
-    return "adapter" if spec.fine_tuning_type == "lora" else "model"
+    return "adapter" if spec.fine_tuning_type in ADAPTER_TYPES else "model"
 
 
 def save_servable(model: torch.nn.Module, tokenizer: Any, spec: TrainingSpec, directory: Path) -> Path:

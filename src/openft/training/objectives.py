@@ -4,6 +4,11 @@ An objective turns one packed row into its share of the step's loss. Shares are 
 step-wide count (trained tokens for SFT, pairs for DPO), so gradients accumulated over several
 micro-batches equal those of one big batch: the token-weighted mean that TRL and transformers
 compute with ``num_items_in_batch``.
+
+The LM head runs on trained positions only, and never on more than ``LOGITS_CHUNK_ELEMENTS``
+(tokens x vocabulary) at once: past that the head and the loss run chunk by chunk, each chunk
+recomputed in backward (``torch.utils.checkpoint``), so a 128k vocabulary over a long answer needs
+one chunk of logits, not the whole answer's.
 """
 
 from __future__ import annotations
@@ -15,9 +20,53 @@ from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from openft.training.labels import IGNORE_INDEX
-from openft.training.packing import PackedRow, trained_logits
+from openft.training.memory import LOGITS_CHUNK_ELEMENTS
+from openft.training.packing import PackedRow, trained_hidden
+
+
+def chunk_tokens(head: torch.nn.Module, chunk_elements: int = LOGITS_CHUNK_ELEMENTS) -> int:
+    vocab = getattr(head, "out_features", None) or head.weight.shape[0]
+    return max(1, chunk_elements // vocab)
+
+
+def _chunked(fn, head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int):
+    """``fn(hidden_chunk, target_chunk)`` over chunks of ``chunk`` tokens; one call when it fits."""
+    if hidden.shape[0] <= chunk:
+        return [fn(hidden, targets)]
+    return [
+        checkpoint(fn, hidden[start : start + chunk], targets[start : start + chunk], use_reentrant=False)
+        for start in range(0, hidden.shape[0], chunk)
+    ]
+
+
+def cross_entropy_sum(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed next-token cross-entropy of ``hidden`` under ``head``, and how many argmaxes hit."""
+
+    def piece(h: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = head(h).float()
+        return F.cross_entropy(logits, t, reduction="sum"), (logits.argmax(-1) == t).sum()
+
+    parts = _chunked(piece, head, hidden, targets, chunk)
+    if len(parts) == 1:
+        return parts[0]
+    return torch.stack([p[0] for p in parts]).sum(), torch.stack([p[1] for p in parts]).sum()
+
+
+def token_logps(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor, chunk: int
+) -> torch.Tensor:
+    """log p(target) of each position, shape (n,)."""
+
+    def piece(h: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return torch.gather(head(h).float().log_softmax(-1), 1, t[:, None])[:, 0]
+
+    parts = _chunked(piece, head, hidden, targets, chunk)
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 @dataclass
@@ -58,19 +107,27 @@ class SupervisedObjective:
     def normaliser(self, rows: list[PackedRow]) -> int:
         return sum(row.n_trainable for row in rows)
 
+    def __init__(self, chunk_elements: int = LOGITS_CHUNK_ELEMENTS) -> None:
+        self.chunk_elements = chunk_elements
+
     def row_loss(self, model: torch.nn.Module, row: PackedRow, normaliser: int) -> tuple[torch.Tensor, Tally]:
-        logits, targets = trained_logits(model, row)
-        loss_sum = F.cross_entropy(logits, targets, reduction="sum")
-        correct = int((logits.argmax(-1) == targets).sum())
-        return loss_sum / max(normaliser, 1), Tally(float(loss_sum.detach()), correct, int(targets.numel()))
+        hidden, targets = trained_hidden(model, row)
+        head = model.get_output_embeddings()
+        loss_sum, correct = cross_entropy_sum(head, hidden, targets, chunk_tokens(head, self.chunk_elements))
+        return loss_sum / max(normaliser, 1), Tally(
+            float(loss_sum.detach()), int(correct), int(targets.numel())
+        )
 
 
-def sequence_logps(model: torch.nn.Module, row: PackedRow) -> torch.Tensor:
+def sequence_logps(
+    model: torch.nn.Module, row: PackedRow, chunk_elements: int = LOGITS_CHUNK_ELEMENTS
+) -> torch.Tensor:
     """Summed log-probability of the trained tokens of each sequence of a row, shape (n_sequences,)."""
-    logits, targets = trained_logits(model, row)
-    token_logps = torch.gather(logits.log_softmax(-1), 1, targets[:, None])[:, 0]
+    hidden, targets = trained_hidden(model, row)
+    head = model.get_output_embeddings()
+    logps = token_logps(head, hidden, targets, chunk_tokens(head, chunk_elements))
     owners = row.sequence_index[row.targets != IGNORE_INDEX]
-    return torch.zeros(row.n_sequences, dtype=token_logps.dtype).index_add(0, owners, token_logps)
+    return torch.zeros(row.n_sequences, dtype=logps.dtype, device=logps.device).index_add(0, owners, logps)
 
 
 class DPOObjective:

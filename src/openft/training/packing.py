@@ -1,16 +1,21 @@
-"""Padding-free batches: pack sequences into rows with per-sequence positions and a block-diagonal mask.
+"""Padding-free batches: pack sequences into rows with per-sequence positions and per-sequence attention.
 
 Each row is one forward pass. Within a row every sequence restarts its ``position_ids`` at 0 and
-attends only to its own earlier tokens (a 4D boolean mask, True = may attend). Targets are shifted
-per sequence before packing, so no token learns to predict the first token of its neighbour.
+attends only to its own earlier tokens: through a 4D boolean block-diagonal mask (True = may attend)
+for models with a standard attention implementation (the CPU path), or through the row's cumulative
+sequence lengths for models loaded with ``training/attention.py``'s ``PACKED_ATTENTION`` (CUDA).
+Targets are shifted per sequence before packing, so no token learns to predict the first token of
+its neighbour.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 
 import torch
 
+from openft.training.attention import CU_SEQLENS, MAX_SEQLEN, PACKED_ATTENTION, VARLEN_KEY
 from openft.training.labels import IGNORE_INDEX, TokenizedSequence
 
 
@@ -18,10 +23,10 @@ from openft.training.labels import IGNORE_INDEX, TokenizedSequence
 class PackedRow:
     input_ids: torch.Tensor  # (1, L)
     position_ids: torch.Tensor  # (1, L)
-    attention_mask: torch.Tensor  # (1, 1, L, L) bool
     targets: torch.Tensor  # (L,) the next token where trained, else IGNORE_INDEX
     sequence_index: torch.Tensor  # (L,) which sequence of the row each position belongs to
     n_sequences: int
+    lengths: tuple[int, ...] = ()  # tokens of each sequence, in row order
 
     @property
     def n_tokens(self) -> int:
@@ -30,6 +35,34 @@ class PackedRow:
     @property
     def n_trainable(self) -> int:
         return int((self.targets != IGNORE_INDEX).sum())
+
+    @cached_property
+    def attention_mask(self) -> torch.Tensor:
+        """(1, 1, L, L) bool: causal within each sequence, nothing across. Built only when asked."""
+        length = self.n_tokens
+        causal = torch.ones(length, length, dtype=torch.bool, device=self.input_ids.device).tril()
+        same_sequence = self.sequence_index[:, None] == self.sequence_index[None, :]
+        return (causal & same_sequence)[None, None]
+
+    @cached_property
+    def cu_seqlens(self) -> torch.Tensor:
+        """(n_sequences + 1,) int32 offsets of each sequence in the row, as varlen kernels take them."""
+        offsets = [0]
+        for length in self.lengths:
+            offsets.append(offsets[-1] + length)
+        return torch.tensor(offsets, dtype=torch.int32, device=self.input_ids.device)
+
+    def to(self, device: torch.device | str | None) -> PackedRow:
+        if device is None or torch.device(device) == self.input_ids.device:
+            return self
+        move = {"non_blocking": True}
+        return replace(
+            self,
+            input_ids=self.input_ids.to(device, **move),
+            position_ids=self.position_ids.to(device, **move),
+            targets=self.targets.to(device, **move),
+            sequence_index=self.sequence_index.to(device, **move),
+        )
 
 
 def pack_row(sequences: list[TokenizedSequence]) -> PackedRow:
@@ -42,17 +75,13 @@ def pack_row(sequences: list[TokenizedSequence]) -> PackedRow:
         positions += range(len(seq))
         targets += seq.labels[1:] + [IGNORE_INDEX]
         owner += [index] * len(seq)
-    sequence_index = torch.tensor(owner, dtype=torch.long)
-    length = len(ids)
-    causal = torch.ones(length, length, dtype=torch.bool).tril()
-    same_sequence = sequence_index[:, None] == sequence_index[None, :]
     return PackedRow(
         input_ids=torch.tensor([ids], dtype=torch.long),
         position_ids=torch.tensor([positions], dtype=torch.long),
-        attention_mask=(causal & same_sequence)[None, None],
         targets=torch.tensor(targets, dtype=torch.long),
-        sequence_index=sequence_index,
+        sequence_index=torch.tensor(owner, dtype=torch.long),
         n_sequences=len(sequences),
+        lengths=tuple(len(seq) for seq in sequences),
     )
 
 
@@ -77,8 +106,11 @@ def pack(units: list[list[TokenizedSequence]], max_tokens: int) -> list[list[lis
     return rows
 
 
-def micro_batches(units: list[list[TokenizedSequence]], max_tokens: int) -> list[PackedRow]:
-    return [pack_row([s for unit in row for s in unit]) for row in pack(units, max_tokens)]
+def micro_batches(
+    units: list[list[TokenizedSequence]], max_tokens: int, device: torch.device | str | None = None
+) -> list[PackedRow]:
+    """Packed rows of at most ``max_tokens`` tokens (see ``pack``), on ``device`` (default: the CPU)."""
+    return [pack_row([s for unit in row for s in unit]).to(device) for row in pack(units, max_tokens)]
 
 
 def forward_hidden(model: torch.nn.Module, row: PackedRow) -> torch.Tensor:
@@ -88,18 +120,25 @@ def forward_hidden(model: torch.nn.Module, row: PackedRow) -> torch.Tensor:
     sequences in a row can silently see each other.
     """
     decoder = model.get_decoder()
-    out = decoder(
-        input_ids=row.input_ids,
-        position_ids=row.position_ids,
-        attention_mask=row.attention_mask,
-        use_cache=False,
-    )
+    if getattr(model.config, "_attn_implementation", None) == PACKED_ATTENTION:
+        boundaries = {
+            CU_SEQLENS: row.cu_seqlens,
+            MAX_SEQLEN: max(row.lengths),
+            VARLEN_KEY: getattr(model, VARLEN_KEY, None),
+        }
+        out = decoder(input_ids=row.input_ids, position_ids=row.position_ids, use_cache=False, **boundaries)
+    else:
+        out = decoder(
+            input_ids=row.input_ids,
+            position_ids=row.position_ids,
+            attention_mask=row.attention_mask,
+            use_cache=False,
+        )
     return out.last_hidden_state[0]
 
 
-def trained_logits(model: torch.nn.Module, row: PackedRow) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits at trained positions only (the LM head never runs on the rest), and their targets."""
+def trained_hidden(model: torch.nn.Module, row: PackedRow) -> tuple[torch.Tensor, torch.Tensor]:
+    """Final hidden states at trained positions only (the LM head never runs on the rest), and targets."""
     hidden = forward_hidden(model, row)
     where = row.targets != IGNORE_INDEX
-    logits = model.get_output_embeddings()(hidden[where]).float()
-    return logits, row.targets[where]
+    return hidden[where], row.targets[where]

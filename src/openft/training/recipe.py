@@ -1,7 +1,8 @@
 """The training recipe: ``train(spec, reporter)`` runs one fine-tune top to bottom (setup, loop, save).
 
-Supervised (assistant-only cross-entropy) or DPO, LoRA or full, on packed padding-free micro-batches
-with fp32 master weights under bf16 autocast. It resumes from the latest complete checkpoint in
+Supervised (assistant-only cross-entropy) or DPO, LoRA, QLoRA or full, on packed padding-free
+micro-batches with fp32 trained weights under bf16 autocast, on the CPU or one CUDA device
+(``training/devices.py`` decides what differs). It resumes from the latest complete checkpoint in
 ``output_dir/checkpoints/`` and is reproducible bit for bit on CPU for a given seed: shuffling uses
 its own seeded generator per epoch, and checkpoints carry every RNG state.
 """
@@ -22,7 +23,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from openft.training import checkpoints
+from openft.training import checkpoints, devices
 from openft.training.data import Dataset, load_dataset
 from openft.training.labels import TokenizedSequence
 from openft.training.models import (
@@ -76,25 +77,6 @@ class Progress:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
-def cpu_has_native_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(flag in flags for flag in ("avx512_bf16", "amx_bf16"))
-
-
-def resolve_autocast(setting: str) -> Literal["bf16", "fp32"]:
-    """``spec.extra["autocast"]``: "bf16", "fp32" or "auto" (the default).
-
-    bf16 autocast (fp32 master weights) is ~2.6x faster than fp32 on CPUs with native bf16
-    (AVX512-BF16, AMX) but ~5x slower on AVX2-only CPUs, where it is emulated; "auto" picks by CPU.
-    """
-    if setting in ("bf16", "fp32"):
-        return setting
-    return "bf16" if cpu_has_native_bf16() else "fp32"
-
-
 def epoch_order(seed: int, epoch: int, n: int) -> list[int]:
     generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
     return torch.randperm(n, generator=generator).tolist()
@@ -118,11 +100,12 @@ def evaluate(
     examples: list[list[TokenizedSequence]],
     max_tokens: int,
     precision: contextlib.AbstractContextManager,
+    device: torch.device | None = None,
 ) -> Tally:
     tally = Tally()
     model.eval()  # dropout off: evaluation consumes no randomness, so resume stays exact
     with torch.no_grad():
-        for row in micro_batches(examples, max_tokens):
+        for row in micro_batches(examples, max_tokens, device):
             with precision:
                 _, row_tally = objective.row_loss(causal_lm(model), row, 1)
             tally.add(row_tally)
@@ -137,19 +120,15 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
     out.mkdir(parents=True, exist_ok=True)
     (out / "spec.json").write_text(spec.to_json())
     ckpt_root = out / "checkpoints"
-    torch.set_num_threads(int(spec.extra.get("num_threads") or len(os.sched_getaffinity(0))))
-
-    autocast = resolve_autocast(spec.extra.get("autocast", "auto"))
-
-    def precision() -> contextlib.AbstractContextManager:
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast == "bf16")
+    device = devices.select(spec)
+    precision = device.precision
 
     tokenizer = load_tokenizer(spec.base_model_path)
     data = load_dataset(spec.training_file, tokenizer, spec.method, spec.max_seq_length)
     valid: Dataset | None = None
     if spec.validation_file:
         valid = load_dataset(spec.validation_file, tokenizer, spec.method, spec.max_seq_length)
-    for message in [f"Compute precision: {autocast} (master weights fp32)."] + data.messages:
+    for message in [device.description] + data.messages:
         reporter.emit({"type": "message", "level": "info", "message": message})
     if data.truncated:
         reporter.emit(
@@ -168,13 +147,13 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
     random.seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
     torch.manual_seed(spec.seed)
-    model = trainable_model(spec, resume.path / weights_subdir(spec) if resume else None)
+    model = trainable_model(spec, resume.path / weights_subdir(spec) if resume else None, device)
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, spec.warmup_ratio))
     objective: Objective = (
-        DPOObjective(spec.beta if spec.beta is not None else 0.1, reference_policy(spec, model))
+        DPOObjective(spec.beta if spec.beta is not None else 0.1, reference_policy(spec, model, device))
         if spec.method == "dpo"
         else SupervisedObjective()
     )
@@ -183,9 +162,7 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
         state = resume.load_state()
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        random.setstate(state["rng"]["python"])
-        np.random.set_state(state["rng"]["numpy"])
+        device.restore_rng_state(state["rng"])
         progress = Progress(**state["progress"])
     with open(out / "metrics.jsonl", "w", encoding="utf-8") as handle:
         handle.writelines(json.dumps(m) + "\n" for m in progress.history)
@@ -198,11 +175,7 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
         state = {
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
-            "rng": {
-                "torch": torch.get_rng_state(),
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-            },
+            "rng": device.rng_state(),
             "progress": progress.__dict__,
             "order": epoch_order(spec.seed, progress.epoch, n),
         }
@@ -229,7 +202,9 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
                 )
 
             rows = micro_batches(
-                [data.examples[i] for i in batches[progress.position]], spec.micro_batch_tokens
+                [data.examples[i] for i in batches[progress.position]],
+                spec.micro_batch_tokens,
+                device.torch_device,
             )
             normaliser = objective.normaliser(rows)
             tally = Tally()
@@ -261,11 +236,20 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
             if valid and valid.examples and progress.step % spec.eval_interval_steps == 0:
                 first = (progress.step // spec.eval_interval_steps - 1) * spec.batch_size
                 picked = [valid.examples[(first + k) % len(valid.examples)] for k in range(spec.batch_size)]
-                small = evaluate(model, objective, picked, spec.micro_batch_tokens, precision())
+                small = evaluate(
+                    model, objective, picked, spec.micro_batch_tokens, precision(), device.torch_device
+                )
                 metrics |= {"valid_loss": small.loss, "valid_mean_token_accuracy": small.accuracy}
             epoch_end = progress.position == len(batches)
             if epoch_end and valid and valid.examples:
-                full = evaluate(model, objective, valid.examples, spec.micro_batch_tokens, precision())
+                full = evaluate(
+                    model,
+                    objective,
+                    valid.examples,
+                    spec.micro_batch_tokens,
+                    precision(),
+                    device.torch_device,
+                )
                 metrics |= {"full_valid_loss": full.loss, "full_valid_mean_token_accuracy": full.accuracy}
             progress.history.append(metrics)
             with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:

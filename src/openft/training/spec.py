@@ -46,7 +46,7 @@ class TrainingSpec:
     n_epochs: int
     batch_size: int  # examples per optimizer step, as at OpenAI
     learning_rate: float  # base rate x learning_rate_multiplier, resolved by the caller
-    fine_tuning_type: Literal["lora", "full"] = "lora"
+    fine_tuning_type: Literal["lora", "qlora", "full"] = "lora"
     lora_rank: int = 16
     lora_alpha: float = 32.0
     lora_dropout: float = 0.0
@@ -62,6 +62,7 @@ class TrainingSpec:
     micro_batch_tokens: int = 4096  # packed tokens per forward pass; more examples accumulate
     # Devices the job trains on: GPUs the worker made visible (CUDA_VISIBLE_DEVICES), or CPU processes.
     n_devices: int = 1
+    gradient_checkpointing: bool = False  # recompute each layer in backward (memory plan decides)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:

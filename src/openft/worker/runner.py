@@ -19,8 +19,10 @@ from typing import Protocol
 
 from openft.domain import hyperparameters as hp_rules
 from openft.domain.lifecycle import JobStatus
+from openft.services.accelerators import memory_plan
 from openft.training.launch import LEASE_FILE
-from openft.training.spec import ERROR_TRAINING, ERROR_WORKER_LOST, TrainingSpec
+from openft.training.memory import DoesNotFit
+from openft.training.spec import ERROR_OUT_OF_MEMORY, ERROR_TRAINING, ERROR_WORKER_LOST, TrainingSpec
 from openft.worker.integrations import JobIntegrations
 from openft.worker.lease import LeaseKeeper
 
@@ -31,6 +33,9 @@ CHECKPOINT_COMPLETE = "COMPLETE"
 # After a cancel or pause the child stops at the next step boundary; a step that takes longer
 # than this is killed (a cancel must free the process; a pause falls back to the last checkpoint).
 STOP_GRACE_SECONDS = 120.0
+# A child that reported an error (a CUDA out-of-memory, say) must exit; one stuck in its teardown is
+# killed after this long so the worker never hangs on it.
+ERROR_EXIT_GRACE_SECONDS = 30.0
 
 
 class ChildLauncher(Protocol):
@@ -133,6 +138,13 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
     if job.validation_file:
         validation_path = str(services.files.local_path(services.files.get(job.owner, job.validation_file)))
     method = job.method_type
+    # This worker's device may differ from the one validation planned for: plan again (DoesNotFit
+    # fails the job). Jobs validated before gradient_checkpointing existed have no value: auto.
+    planned = memory_plan(settings, base_dir, job.base_model, method, hp)
+    checkpointing = hp.get("gradient_checkpointing", hp_rules.AUTO)
+    if checkpointing == hp_rules.AUTO:
+        checkpointing = bool(planned and planned.gradient_checkpointing)
+    sizing = {"micro_batch_tokens": planned.micro_batch_tokens} if planned else {}
     return TrainingSpec(
         job_id=job.id,
         method=method,
@@ -155,6 +167,8 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
         init_adapter_path=init_adapter,
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
         n_devices=int(hp.get("n_devices", 1)),
+        gradient_checkpointing=bool(checkpointing),
+        **sizing,
     )
 
 
@@ -255,7 +269,7 @@ class TrainingRun:
             if self.drain.is_set():
                 self._ask("drain")
             if self._stop_deadline is not None and time.monotonic() > self._stop_deadline:
-                log.warning("job %s: child did not stop in %ss; killing it", self.job.id, STOP_GRACE_SECONDS)
+                log.warning("job %s: the training child did not stop in time; killing it", self.job.id)
                 self._kill()
             time.sleep(0.2)
 
@@ -264,6 +278,9 @@ class TrainingRun:
         job, gen = self.job, self.claim.generation
         try:
             spec = build_spec(self.services, job, self.seam)
+        except DoesNotFit as exc:
+            self.runtime.fail(job.id, gen, code=ERROR_OUT_OF_MEMORY, message=exc.message)
+            return
         except Exception as exc:
             log.exception("job %s: could not prepare training", job.id)
             self.runtime.fail(
@@ -381,6 +398,9 @@ class TrainingRun:
             self.state.result = line
         elif kind == "error":
             self.state.error = line
+            with self._signal_lock:
+                deadline = time.monotonic() + ERROR_EXIT_GRACE_SECONDS
+                self._stop_deadline = min(self._stop_deadline or deadline, deadline)
         elif kind in ("paused", "cancelled"):
             self.state.stopped = kind
 

@@ -12,6 +12,9 @@ from openft.datasets import ValidationStopped, validate_file
 from openft.domain import hyperparameters as hp_rules
 from openft.domain.lifecycle import JobStatus
 from openft.errors import NotFoundError
+from openft.services.accelerators import memory_plan
+from openft.training.memory import DoesNotFit
+from openft.training.spec import ERROR_OUT_OF_MEMORY
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +164,16 @@ def validate_job(
 
     train = reports["training"]
     resolved = hp_rules.resolve(method, job.hyperparameters, train.n_examples, facts)
+    try:
+        planned = memory_plan(
+            services.settings, model_dir, job.base_model, method, resolved, registry=services.workers
+        )
+    except DoesNotFit as exc:
+        runtime.fail(job.id, claim.generation, code=ERROR_OUT_OF_MEMORY, message=exc.message)
+        return
+    resolved = hp_rules.resolve_gradient_checkpointing(
+        resolved, bool(planned and planned.gradient_checkpointing)
+    )
     steps = hp_rules.total_steps(train.n_examples, resolved["batch_size"], resolved["n_epochs"])
     stats = {
         "n_examples": train.n_examples,
