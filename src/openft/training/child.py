@@ -24,7 +24,7 @@ import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
-from openft.training.launch import LEASE_FILE, PARENT_PID_ENV
+from openft.training.launch import EXIT_FENCED, EXIT_ORPHANED, LEASE_FILE, PARENT_PID_ENV
 from openft.training.spec import (
     ERROR_MODEL_LOAD,
     ERROR_NAN_LOSS,
@@ -32,9 +32,6 @@ from openft.training.spec import (
     ERROR_TRAINING,
     TrainingSpec,
 )
-
-EXIT_ORPHANED = 70
-EXIT_FENCED = 71
 
 
 class Ownership:

@@ -15,6 +15,9 @@ from pathlib import Path
 LEASE_FILE = "LEASE"
 # The worker's pid, so the child can notice at a step boundary that it was orphaned.
 PARENT_PID_ENV = "OPENFT_PARENT_PID"
+# How a child that stopped writing exits: its worker is gone, or another worker rewrote the fence file.
+EXIT_ORPHANED = 70
+EXIT_FENCED = 71
 _PR_SET_PDEATHSIG = 1
 
 TCMALLOC = "libtcmalloc_minimal.so.4"

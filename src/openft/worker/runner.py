@@ -20,7 +20,7 @@ from typing import Protocol
 from openft.domain import hyperparameters as hp_rules
 from openft.domain.lifecycle import JobStatus
 from openft.services.accelerators import memory_plan
-from openft.training.launch import LEASE_FILE
+from openft.training.launch import EXIT_FENCED, LEASE_FILE
 from openft.training.memory import DoesNotFit
 from openft.training.spec import ERROR_OUT_OF_MEMORY, ERROR_TRAINING, ERROR_WORKER_LOST, TrainingSpec
 from openft.worker.integrations import JobIntegrations
@@ -422,6 +422,11 @@ class TrainingRun:
     def _finish(self, returncode: int, spec: TrainingSpec, metrics_path: Path) -> None:
         job, gen, runtime = self.job, self.claim.generation, self.runtime
         state = self.state
+        if returncode == EXIT_FENCED:
+            # The child found the fence file rewritten: another worker took the job over while this
+            # one stalled. Whatever the lease keeper has or has not noticed yet, write nothing.
+            log.warning("lease on %s was taken over; this worker stops writing to it", job.id)
+            return
         if state.result is not None:
             stats = job.stats or {}
             trained_tokens = int(stats.get("billable_tokens", 0)) * spec.n_epochs or int(
