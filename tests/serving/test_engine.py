@@ -101,9 +101,7 @@ def test_generate_streaming_in_background_matches_inline(models):
     )
 
     inline = response.completion(model.name, engine.generate(model, request))
-    streamed = list(
-        response.chunks(model.name, engine.generate(model, request, background=True), include_usage=True)
-    )
+    streamed = list(response.chunks(model.name, engine.generate(model, request), include_usage=True))
 
     for index, choice in enumerate(inline["choices"]):
         pieces = [
@@ -123,7 +121,7 @@ def test_generate_stream_closed_early_stops_sampling(models):
     engine._bases[model.base_path].model.register_forward_hook(lambda *args: forwards.append(1))
     request = parse_chat_request({"model": "tiny", "messages": HELLO, "max_tokens": 480, "seed": 1})
 
-    events = engine.generate(model, request, background=True).events
+    events = engine.generate(model, request).events
     next(events)
     events.close()  # the client went away
     for thread in threading.enumerate():

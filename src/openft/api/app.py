@@ -8,7 +8,7 @@ from openft import __version__
 from openft.api import chat, dashboard, deps, errors, files, fine_tuning, models, uploads
 from openft.services.context import Services
 from openft.services.inference import ServicesModelResolver
-from openft.serving.engine import InferenceEngine
+from openft.serving.protocols import ChatEngine
 from openft.settings import Settings
 
 # Every resource router, mounted under /v1 behind authentication. Add new resources here
@@ -33,8 +33,20 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         app.include_router(router, prefix="/v1", dependencies=[Depends(deps.authenticate)])
     # Chat completions: the engine imports torch lazily, on the first request for a model.
     app.state.model_resolver = ServicesModelResolver(app.state.services)
-    app.state.inference = InferenceEngine(max_adapter_bytes=settings.serving_memory_budget_bytes)
+    app.state.inference = chat_engine(settings)
     app.include_router(chat.router, dependencies=[Depends(deps.authenticate)])
     # The dashboard is static and public; it calls the same /v1 API, with the user's key.
     app.include_router(dashboard.router)
     return app
+
+
+def chat_engine(settings: Settings) -> ChatEngine:
+    """The engine behind /v1/chat/completions; it imports torch only when a model is first used."""
+    from openft.serving.engine import InferenceEngine
+
+    return InferenceEngine(
+        max_adapter_bytes=settings.serving_memory_budget_bytes,
+        max_batch=settings.serving_max_batch,
+        max_queue=settings.serving_max_queue,
+        dtype=settings.serving_dtype,
+    )
