@@ -88,6 +88,11 @@ def make_app(engine: InferenceEngine, models: dict[str, ResolvedModel]) -> FastA
 
 
 @pytest.fixture
+def chat_app() -> Callable[[InferenceEngine, dict[str, ResolvedModel]], FastAPI]:
+    return make_app
+
+
+@pytest.fixture
 def serve() -> Iterator[Callable[[FastAPI], str]]:
     """Start an app on an ephemeral port in a thread; return its base URL."""
     servers: list[tuple[uvicorn.Server, threading.Thread]] = []

@@ -329,17 +329,19 @@ class BatchLoop:
 
     def _sample(self, logits: torch.Tensor) -> list[int]:
         """One token per row: the batch's argmax for plain greedy requests, each request's own draw otherwise."""
-        groups: dict[_Request, tuple[list[int], list[int]]] = {}
+        groups: dict[_Request, list[tuple[int, int]]] = {}
         for row, choice in enumerate(self._choices):
-            rows, indexes = groups.setdefault(choice.request, ([], []))
-            rows.append(row)
-            indexes.append(choice.index)
+            groups.setdefault(choice.request, []).append((choice.index, row))
         tokens = logits.argmax(dim=-1)
-        for request, (rows, indexes) in groups.items():
+        for request, members in groups.items():
             if request.sampler.is_plain_greedy:
                 continue
+            # In choice order, whatever rows they moved to: one generator draws for them in turn.
+            indexes, rows = zip(*sorted(members), strict=True)
             index = torch.tensor(rows, device=logits.device)
-            tokens[index] = self._sample_request(request, logits.index_select(0, index).float(), indexes)
+            tokens[index] = self._sample_request(
+                request, logits.index_select(0, index).float(), list(indexes)
+            )
         return tokens.tolist()
 
     @staticmethod
