@@ -17,9 +17,9 @@ streams >= 4x the single-stream rate. Timings on a shared machine are noisy: rea
 from __future__ import annotations
 
 import argparse
+import asyncio
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,7 +95,7 @@ def jobs_for(concurrency: int, base: ResolvedModel, adapters: list[ResolvedModel
 
 
 def run_engine(engine, jobs: list[Job], max_tokens: int, eos_ids: list[int]) -> list[Timing]:
-    """Every request submitted at once, each stream read by its own thread, as the API would."""
+    """Every request submitted at once, the streams read by one event loop, as the API reads them."""
     requests = [
         parse_chat_request(
             {
@@ -109,26 +109,23 @@ def run_engine(engine, jobs: list[Job], max_tokens: int, eos_ids: list[int]) -> 
         )
         for job in jobs
     ]
-    timings: list[Timing | None] = [None] * len(jobs)
     start = time.perf_counter()
     generations = [engine.generate(job.model, request) for job, request in zip(jobs, requests, strict=True)]
 
-    def read(i: int) -> None:
+    async def read(generation) -> Timing:
         first = None
         tokens = 0
-        for event in generations[i].events:
+        async for event in generation.events:
             if first is None:
                 first = time.perf_counter() - start
             if isinstance(event, ChoiceFinished):
                 tokens = event.completion_tokens
-        timings[i] = Timing(first or 0.0, time.perf_counter() - start, tokens)
+        return Timing(first or 0.0, time.perf_counter() - start, tokens)
 
-    readers = [threading.Thread(target=read, args=(i,)) for i in range(len(jobs))]
-    for reader in readers:
-        reader.start()
-    for reader in readers:
-        reader.join()
-    return timings  # type: ignore[return-value]
+    async def read_all() -> list[Timing]:
+        return list(await asyncio.gather(*(read(g) for g in generations)))
+
+    return asyncio.run(read_all())
 
 
 class _FirstToken(BaseStreamer):

@@ -1,9 +1,12 @@
 """The LoRA adapters loaded on one base model, and which adapter each row of a batch runs through.
 
-Every adapter lives in one PEFT model over the shared base weights. A batch mixes them: before each forward
-the batch loop names the adapter of every row (``"__base__"`` for the base model itself) and PEFT's LoRA layers
-apply each adapter to its own rows only (PEFT's mixed-adapter batches, ``adapter_names=``). The names reach the
-layers through pre-forward hooks registered once per layer, not once per step.
+PEFT loads every adapter into one model over the shared base weights. A batch mixes them, each row through its
+own adapter or none (the base model). PEFT's own mixed-adapter forward (``adapter_names=``) regroups the rows in
+Python inside every LoRA layer, which on a 30-layer model costs more than the decode step itself; here each
+LoRA layer instead holds its adapters side by side, ``A = [A_1; ...; A_k]`` and ``B = [s_1 B_1, ..., s_k B_k]``,
+and a forward hook adds ``((x A^T) * mask) B^T``, where the mask keeps, for each row, the columns of that row's
+adapter. That is two small matmuls per layer whatever the mix, and exactly ``B_i A_i x`` for each row: the
+other adapters' columns contribute exact zeros, and base rows get nothing added.
 
 Only the batch loop's thread calls into this object; adapters in use by a running request are never evicted.
 """
@@ -25,8 +28,16 @@ BASE = "__base__"
 @dataclass
 class _Adapter:
     name: str
+    slot: int  # this adapter's number in the rows' mask
     nbytes: int
     users: int = 0
+
+
+@dataclass
+class _Stack:
+    a: Any  # [sum of ranks, in]
+    b: Any  # [out, sum of ranks], each block scaled
+    owners: tuple[int, ...]  # the slot of each of the sum-of-ranks columns
 
 
 class AdapterSet:
@@ -37,8 +48,10 @@ class AdapterSet:
         self.peft: Any = None
         self.loaded: OrderedDict[str, _Adapter] = OrderedDict()  # least recently used first
         self._names = itertools.count()
-        self._hooked: set[int] = set()
-        self._batch_names: list[str] | None = None
+        self._layers: list[Any] = []
+        self._stacks: dict[int, _Stack | None] = {}  # per LoRA layer; rebuilt after a load or eviction
+        self._row_slots: Any = None  # per row of the running forward: its adapter's slot, -1 for the base
+        self._masks: dict[tuple[int, ...], Any] = {}
 
     def acquire(self, path: str) -> str | None:
         """Load ``path`` if needed and count one more user; its PEFT name, or None when no room can be made."""
@@ -60,15 +73,59 @@ class AdapterSet:
 
     @contextmanager
     def rows(self, names: list[str]):
-        """Run the forward inside with row ``i`` through adapter ``names[i]``."""
-        if self.peft is None:
+        """Run the forward inside with row ``i`` through adapter ``names[i]`` (``BASE``: none)."""
+        if self.peft is None or all(name == BASE for name in names):
             yield
             return
-        self._batch_names = names
+        import torch
+
+        slots = {a.name: a.slot for a in self.loaded.values()}
+        device = next(self.model.parameters()).device
+        self._row_slots = torch.tensor([slots.get(name, -1) for name in names], device=device)
         try:
             yield
         finally:
-            self._batch_names = None
+            self._row_slots = None
+            self._masks.clear()
+
+    # -- the forward hook ------------------------------------------------------------------------------
+
+    def _add_lora(self, module: Any, args: tuple, output: Any) -> Any:
+        if self._row_slots is None:
+            return output
+        key = id(module)
+        if key not in self._stacks:
+            self._stacks[key] = self._stack(module)
+        stack = self._stacks[key]
+        if stack is None:
+            return output
+        mask = self._masks.get(stack.owners)
+        if mask is None:
+            import torch
+
+            owners = torch.tensor(stack.owners, device=self._row_slots.device)
+            mask = (self._row_slots[:, None] == owners[None, :]).to(stack.a.dtype)[:, None, :]
+            self._masks[stack.owners] = mask
+        import torch.nn.functional as F
+
+        x = args[0].to(stack.a.dtype)
+        return output + F.linear(F.linear(x, stack.a) * mask, stack.b).to(output.dtype)
+
+    def _stack(self, module: Any) -> _Stack | None:
+        import torch
+
+        dtype = module.get_base_layer().weight.dtype
+        blocks = [
+            (adapter.slot, module.lora_A[adapter.name].weight, module.lora_B[adapter.name].weight, name)
+            for adapter in self.loaded.values()
+            if (name := adapter.name) in module.lora_A
+        ]
+        if not blocks:
+            return None
+        a = torch.cat([block[1] for block in blocks]).to(dtype)
+        b = torch.cat([block[2] * module.scaling[block[3]] for block in blocks], dim=1).to(dtype)
+        owners = tuple(slot for slot, weight, _, _ in blocks for _ in range(weight.shape[0]))
+        return _Stack(a, b, owners)
 
     # -- loading and eviction --------------------------------------------------------------------------
 
@@ -83,10 +140,35 @@ class AdapterSet:
                 self.peft.load_adapter(path, adapter_name=name)
         except (OSError, ValueError) as exc:
             raise ServerError(f"Could not load the LoRA adapter at {path!r}: {exc}") from exc
-        self._hook_new_layers()
-        adapter = _Adapter(name, _adapter_bytes(path))
+        self._adopt_layers(name, path)
+        slot = min(set(range(len(self.loaded) + 1)) - {a.slot for a in self.loaded.values()})
+        adapter = _Adapter(name, slot, _adapter_bytes(path))
         self.loaded[path] = adapter
+        self._stacks.clear()
         return adapter
+
+    def _adopt_layers(self, name: str, path: str) -> None:
+        """Hook every LoRA layer once and switch PEFT's own adapter forward off; refuse adapters we can't mix."""
+        from peft.tuners.lora import Linear, LoraLayer
+
+        for module in self.peft.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            unsupported = (
+                not isinstance(module, Linear)
+                or name in module.lora_variant
+                or (name in module.lora_B and module.lora_B[name].bias is not None)
+            )
+            if unsupported and (name in module.lora_A or name in getattr(module, "lora_embedding_A", {})):
+                self.peft.delete_adapter(name)
+                raise ServerError(
+                    f"The adapter at {path!r} is not a plain LoRA on linear layers (DoRA, a LoRA bias or an "
+                    "embedding LoRA), which openft's engine does not batch; serve a merged export instead."
+                )
+            if all(module is not layer for layer in self._layers):
+                module.register_forward_hook(self._add_lora)
+                self._layers.append(module)
+            module.enable_adapters(False)  # the base layer alone; the hook adds each row's adapter
 
     def _evict_over_limits(self) -> None:
         # The newest adapter is loaded before any is evicted, so the PeftModel never runs out of adapters.
@@ -102,22 +184,9 @@ class AdapterSet:
             if adapter.users == 0:
                 del self.loaded[path]
                 self.peft.delete_adapter(adapter.name)
+                self._stacks.clear()
                 return True
         return False
-
-    def _hook_new_layers(self) -> None:
-        from peft.tuners.lora import LoraLayer
-
-        # An adapter that targets modules no earlier one did brings new LoRA layers: hook those too.
-        for module in self.peft.modules():
-            if isinstance(module, LoraLayer) and id(module) not in self._hooked:
-                module.register_forward_pre_hook(self._name_rows, with_kwargs=True)
-                self._hooked.add(id(module))
-
-    def _name_rows(self, module: Any, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
-        if self._batch_names is not None:
-            kwargs["adapter_names"] = self._batch_names
-        return args, kwargs
 
 
 def _adapter_bytes(path: str) -> int:

@@ -30,7 +30,7 @@ from openft.serving.prompt import Prompt
 from openft.serving.protocols import ChoiceFinished, FinishReason, GenerationEvent, TextDelta
 from openft.serving.request import ChatRequest
 from openft.serving.sampling import RequestSampler
-from openft.serving.stream import EventStream
+from openft.serving.stream import EventStream, wake_readers
 from openft.serving.text import IncrementalDecoder, StopMatcher
 from openft.serving.tools import TOOL_CALL_OPEN, parse_tool_calls
 
@@ -133,6 +133,7 @@ class BatchLoop:
         self._choices: list[_Choice] = []  # row i of the batch is _choices[i]; the loop's thread only
         self._cache = SlotCache(max_rows=max_batch, max_positions=model.context_window)
         self._counters = _Counters()
+        self._touched: set[EventStream] = set()  # streams given events this turn, woken at its end
 
     # -- the callers' side -------------------------------------------------------------------------------
 
@@ -216,6 +217,9 @@ class BatchLoop:
             except Exception as exc:  # the batch's state is unknown: fail what runs, keep serving
                 logger.exception("decode step failed for %s", self.label)
                 self._fail_running(ServerError(f"Generation failed: {exc}"))
+            finally:
+                wake_readers(self._touched)
+                self._touched.clear()
 
     def _take_admissions(self) -> list[Submission]:
         """Waiting requests that fit the free rows, first come first served (called with the lock held)."""
@@ -366,7 +370,7 @@ class BatchLoop:
         if choice.calls is not None:
             choice.calls.append(text)
         elif text:
-            stream.put(TextDelta(choice.index, text))
+            self._emit(stream, TextDelta(choice.index, text))
         if hit_stop and choice.matcher.matched == TOOL_CALL_OPEN and choice.calls is None:
             # With tools, "<tool_call>" ends the content; the rest is held back and parsed into tool_calls.
             choice.calls = [TOOL_CALL_OPEN]
@@ -381,13 +385,17 @@ class BatchLoop:
         choice.done = True
         owner = choice.request
         for event in _final_events(choice, reason, flush=flush):
-            owner.stream.put(event)
+            self._emit(owner.stream, event)
         owner.left -= 1
         if owner.left == 0:
             # Counted and released before the reader hears the end, so what it sees next is up to date.
             self._release(owner)
             self._counters.completed += 1
-            owner.stream.end()
+            owner.stream.end(wake=False)
+
+    def _emit(self, stream: EventStream, event: GenerationEvent) -> None:
+        stream.put(event, wake=False)
+        self._touched.add(stream)
 
     def _release(self, owner: _Request) -> None:
         path = owner.submission.adapter_path

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from openft.serving.protocols import GenerationEvent
 
@@ -28,21 +28,19 @@ class EventStream:
 
     # -- the producer (the batch loop) ---------------------------------------------------------------------
 
-    def put(self, event: GenerationEvent) -> None:
-        self._push(event)
+    def put(self, event: GenerationEvent, *, wake: bool = True) -> None:
+        """Add an event; with ``wake=False`` the reader hears of it at the next ``wake_readers``."""
+        self._push(event, wake)
 
-    def end(self, error: BaseException | None = None) -> None:
+    def end(self, error: BaseException | None = None, *, wake: bool = True) -> None:
         """No more events; with ``error``, the reader raises it instead of ending normally."""
-        self._push(error if error is not None else _END)
+        self._push(error if error is not None else _END, wake)
 
-    def _push(self, item: object) -> None:
+    def _push(self, item: object, wake: bool) -> None:
         with self._ready:
             self._items.append(item)
-            self._ready.notify()
-            waiter, self._waiter = self._waiter, None
-        if waiter is not None:
-            loop, future = waiter
-            loop.call_soon_threadsafe(_resolve, future)
+        if wake:
+            wake_readers([self])
 
     # -- readers -------------------------------------------------------------------------------------------
 
@@ -101,6 +99,26 @@ class EventStream:
         return item  # type: ignore[return-value]
 
 
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():
-        future.set_result(None)
+def wake_readers(streams: Iterable[EventStream]) -> None:
+    """Tell the readers of ``streams`` that events are there: one wake-up per event loop, not one per event.
+
+    A decode step adds an event to every running stream; waking each reader on its own would hand the GIL
+    (or the event loop's self-pipe) back and forth once per stream and step.
+    """
+    futures: dict[asyncio.AbstractEventLoop, list[asyncio.Future]] = {}
+    for stream in streams:
+        with stream._ready:
+            if not stream._items:
+                continue
+            stream._ready.notify()
+            waiter, stream._waiter = stream._waiter, None
+        if waiter is not None:
+            futures.setdefault(waiter[0], []).append(waiter[1])
+    for loop, waiting in futures.items():
+        loop.call_soon_threadsafe(_resolve, waiting)
+
+
+def _resolve(futures: list[asyncio.Future]) -> None:
+    for future in futures:
+        if not future.done():
+            future.set_result(None)
