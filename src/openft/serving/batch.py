@@ -25,14 +25,13 @@ import torch
 
 from openft.errors import InvalidRequestError, OpenFTError, RateLimitError, ServerError
 from openft.serving.adapters import BASE, AdapterSet
+from openft.serving.choice import ChoiceText
 from openft.serving.kv_cache import SlotCache
 from openft.serving.prompt import Prompt
-from openft.serving.protocols import ChoiceFinished, FinishReason, GenerationEvent, TextDelta
+from openft.serving.protocols import GenerationEvent
 from openft.serving.request import ChatRequest
 from openft.serving.sampling import RequestSampler
 from openft.serving.stream import EventStream, wake_readers
-from openft.serving.text import IncrementalDecoder, StopMatcher
-from openft.serving.tools import TOOL_CALL_OPEN, parse_tool_calls
 
 logger = logging.getLogger(__name__)
 
@@ -99,15 +98,18 @@ class _Request:
 @dataclass(eq=False)
 class _Choice:
     request: _Request
-    index: int
+    text: ChoiceText
     row: int
     length: int  # positions of this row held in the cache
-    decoder: IncrementalDecoder
-    matcher: StopMatcher
     last: int = -1  # the token sampled last, fed to the next step
-    count: int = 0
-    calls: list[str] | None = None  # text after "<tool_call>", parsed at the end
-    done: bool = False
+
+    @property
+    def index(self) -> int:
+        return self.text.index
+
+    @property
+    def done(self) -> bool:
+        return self.text.done
 
 
 @dataclass
@@ -274,16 +276,20 @@ class BatchLoop:
             out = model.model(input_ids=ids, use_cache=True, logits_to_keep=1)
         first_row = len(self._choices)
         self._cache.store(range(first_row, first_row + request.n), _layers(_output_cache(out)))
-        markers = (TOOL_CALL_OPEN,) if request.tools else ()
         owner = _Request(submission, sampler, adapter_name, left=request.n)
         choices = [
             _Choice(
                 owner,
-                index=i,
+                ChoiceText(
+                    i,
+                    submission.tokenizer,
+                    stop=request.stop,
+                    tools=bool(request.tools),
+                    eos_ids=model.eos_ids,
+                    max_tokens=submission.prompt.max_tokens,
+                ),
                 row=first_row + i,
                 length=len(submission.prompt.token_ids),
-                decoder=IncrementalDecoder(submission.tokenizer),
-                matcher=StopMatcher(request.stop + markers),
             )
             for i in range(request.n)
         ]
@@ -359,39 +365,17 @@ class BatchLoop:
     # -- text, stops and the end of a choice -----------------------------------------------------------
 
     def _accept(self, choice: _Choice, token: int) -> None:
-        request = choice.request.submission.request
-        stream = choice.request.stream
-        choice.count += 1
         choice.last = token
-        if token in self.model.eos_ids:
-            self._finish(choice, "stop")
-            return
-        text, hit_stop = choice.matcher.push(choice.decoder.push(token))
-        if choice.calls is not None:
-            choice.calls.append(text)
-        elif text:
-            self._emit(stream, TextDelta(choice.index, text))
-        if hit_stop and choice.matcher.matched == TOOL_CALL_OPEN and choice.calls is None:
-            # With tools, "<tool_call>" ends the content; the rest is held back and parsed into tool_calls.
-            choice.calls = [TOOL_CALL_OPEN]
-            choice.matcher = StopMatcher(request.stop)
-        elif hit_stop:
-            self._finish(choice, "stop", flush=False)
-            return
-        if choice.count >= choice.request.submission.prompt.max_tokens:
-            self._finish(choice, "length")
-
-    def _finish(self, choice: _Choice, reason: FinishReason, *, flush: bool = True) -> None:
-        choice.done = True
         owner = choice.request
-        for event in _final_events(choice, reason, flush=flush):
+        for event in choice.text.accept(token):
             self._emit(owner.stream, event)
-        owner.left -= 1
-        if owner.left == 0:
-            # Counted and released before the reader hears the end, so what it sees next is up to date.
-            self._release(owner)
-            self._counters.completed += 1
-            owner.stream.end(wake=False)
+        if choice.done:
+            owner.left -= 1
+            if owner.left == 0:
+                # Counted and released before the reader hears the end, so what it sees next is up to date.
+                self._release(owner)
+                self._counters.completed += 1
+                owner.stream.end(wake=False)
 
     def _emit(self, stream: EventStream, event: GenerationEvent) -> None:
         stream.put(event, wake=False)
@@ -416,7 +400,7 @@ class BatchLoop:
             owner.stream.end()
             for c in choices:
                 if c.request is owner:
-                    c.done = True
+                    c.text.done = True
         # The kept choices beyond the new end move into the freed rows below it.
         end = len(keep)
         holes = sorted(c.row for c in choices if c.done and c.row < end)
@@ -432,21 +416,6 @@ class BatchLoop:
             owner.stream.end(error)
         self._choices = []
         self._cache.release()
-
-
-def _final_events(choice: _Choice, reason: FinishReason, *, flush: bool) -> Iterator[GenerationEvent]:
-    text, hit_stop = choice.matcher.push(choice.decoder.flush()) if flush else ("", False)
-    text = text if hit_stop else text + choice.matcher.flush()
-    if choice.calls is not None:
-        choice.calls.append(text)
-        tool_calls = parse_tool_calls("".join(choice.calls))
-        if tool_calls:
-            yield ChoiceFinished(choice.index, "tool_calls", choice.count, tool_calls)
-            return
-        text = "".join(choice.calls)  # not a well-formed call: it is content after all
-    if text:
-        yield TextDelta(choice.index, text)
-    yield ChoiceFinished(choice.index, "stop" if hit_stop else reason, choice.count)
 
 
 def _output_cache(out: Any) -> Any:
