@@ -41,12 +41,22 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
 
 
 def chat_engine(settings: Settings) -> ChatEngine:
-    """The engine behind /v1/chat/completions; it imports torch only when a model is first used."""
+    """openft's engine, or vLLM's (``OPENFT_SERVING_ENGINE=vllm``); neither imports torch until first used."""
     from openft.serving.engine import InferenceEngine
 
-    return InferenceEngine(
+    own = InferenceEngine(
         max_adapter_bytes=settings.serving_memory_budget_bytes,
         max_batch=settings.serving_max_batch,
         max_queue=settings.serving_max_queue,
         dtype=settings.serving_dtype,
+    )
+    if settings.serving_engine != "vllm":
+        return own
+    from openft.serving.vllm_engine import VLLMEngine
+
+    # Full fine-tuned models stay on openft's engine: a vLLM engine serves one base model and its adapters.
+    return VLLMEngine(
+        fallback=own,
+        max_num_seqs=settings.serving_max_batch,
+        max_in_flight=settings.serving_max_batch + settings.serving_max_queue,
     )

@@ -136,10 +136,12 @@ class InferenceEngine:
         except OSError as exc:
             raise ServerError(f"Could not load the model weights at {path!r}: {exc}") from exc
         _check_full_attention(model, path)
-        tokenizer = _tokenizer(path) or (_tokenizer(tokenizer_fallback) if tokenizer_fallback else None)
+        tokenizer = load_tokenizer(path) or (
+            load_tokenizer(tokenizer_fallback) if tokenizer_fallback else None
+        )
         if tokenizer is None:
             raise ServerError(f"No tokenizer found next to the model at {path!r}.")
-        context_window = _context_window(model, tokenizer)
+        window = context_window(model.config, tokenizer)
         adapters = (
             AdapterSet(model, max_adapters=self.max_adapters, max_bytes=self.max_adapter_bytes)
             if with_adapters
@@ -147,13 +149,13 @@ class InferenceEngine:
         )
         batch_model = BatchModel(
             model=model,
-            eos_ids=_eos_ids(model, tokenizer),
-            context_window=context_window,
+            eos_ids=eos_ids(model.generation_config, tokenizer),
+            context_window=window,
             vocab_size=model.config.get_text_config().vocab_size,
             adapters=adapters,
         )
         loop = BatchLoop(batch_model, max_batch=self.max_batch, max_queue=self.max_queue, label=path)
-        return _Loaded(model=model, tokenizer=tokenizer, context_window=context_window, loop=loop)
+        return _Loaded(model=model, tokenizer=tokenizer, context_window=window, loop=loop)
 
     def _tokenizer_for(self, loaded: _Loaded, adapter_path: str | None) -> Any:
         if adapter_path is None:
@@ -162,7 +164,7 @@ class InferenceEngine:
             if adapter_path in self._adapter_tokenizers:
                 self._adapter_tokenizers.move_to_end(adapter_path)
                 return self._adapter_tokenizers[adapter_path] or loaded.tokenizer
-        tokenizer = _tokenizer(adapter_path)
+        tokenizer = load_tokenizer(adapter_path)
         with self._registry_lock:
             self._adapter_tokenizers[adapter_path] = tokenizer
             while len(self._adapter_tokenizers) > 4 * self.max_adapters:
@@ -201,7 +203,8 @@ def _check_full_attention(model: Any, path: str) -> None:
         )
 
 
-def _tokenizer(path: str) -> Any:
+def load_tokenizer(path: str) -> Any:
+    """The tokenizer saved in ``path``, or None if there is none."""
     from transformers import AutoTokenizer
 
     if not (Path(path) / "tokenizer_config.json").exists():
@@ -209,8 +212,9 @@ def _tokenizer(path: str) -> Any:
     return AutoTokenizer.from_pretrained(path)
 
 
-def _context_window(model: Any, tokenizer: Any) -> int:
-    window = getattr(model.config.get_text_config(), "max_position_embeddings", None)
+def context_window(config: Any, tokenizer: Any) -> int:
+    """A model's context window: its config's position limit, else its tokenizer's."""
+    window = getattr(config.get_text_config(), "max_position_embeddings", None)
     if window:
         return int(window)
     limit = getattr(tokenizer, "model_max_length", None)
@@ -218,9 +222,10 @@ def _context_window(model: Any, tokenizer: Any) -> int:
     return int(limit) if limit and limit < 10**7 else _DEFAULT_CONTEXT_WINDOW
 
 
-def _eos_ids(model: Any, tokenizer: Any) -> frozenset[int]:
+def eos_ids(generation_config: Any, tokenizer: Any) -> frozenset[int]:
+    """The tokens that end a turn: the generation config's, the tokenizer's, and common templates' turn ends."""
     ids: set[int] = set()
-    configured = getattr(model.generation_config, "eos_token_id", None)
+    configured = getattr(generation_config, "eos_token_id", None)
     ids.update(configured if isinstance(configured, list) else [configured] if configured is not None else [])
     if tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
