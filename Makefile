@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 TEST_STAMP := $(VENV)/.openft-test-installed
 
-.PHONY: install install-test serve test lint bench-train bench-generation
+.PHONY: install install-test serve test lint bench-train bench-generation bench-serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -43,3 +43,6 @@ bench-train: install-test
 
 bench-generation: install-test
 	$(BIN)/python bench/generation.py
+
+bench-serve: install-test
+	$(BIN)/python bench/serve.py

@@ -45,7 +45,7 @@ class Settings:
     serving_engine: str = "openft"  # or "vllm" (GPU machines with vLLM installed)
     serving_max_batch: int = 32  # sequences of one base model (and its adapters) decoded together
     serving_max_queue: int = 64  # requests waiting for a place in that batch; one more is a 429
-    serving_dtype: str = "auto"  # auto: bfloat16 on CUDA, float32 on CPU
+    serving_dtype: str = "auto"  # auto: bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere
     allow_remote_without_keys: bool = False
 
     @property

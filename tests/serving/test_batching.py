@@ -41,7 +41,9 @@ def serve_engine(serve, chat_app, models) -> Iterator[Callable[..., tuple[Infere
     clients: list[httpx.Client] = []
 
     def start(**engine_options) -> tuple[InferenceEngine, openai.OpenAI]:
-        engine = InferenceEngine(**engine_options)
+        # float32, so "as if alone" means identical tokens: in bfloat16 a matmul's rounding can depend on how
+        # many rows share it, and a near-tie between two tokens may then break either way.
+        engine = InferenceEngine(**{"dtype": "float32", **engine_options})
         http = httpx.Client(timeout=120)
         clients.append(http)
         client = openai.OpenAI(

@@ -128,9 +128,7 @@ class InferenceEngine:
         from openft.serving.batch import BatchLoop, BatchModel
 
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = getattr(torch, self._dtype) if self._dtype != "auto" else None
-        if dtype is None:
-            dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        dtype = getattr(torch, _resolve_dtype(self._dtype, device))
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         except OSError as exc:
@@ -189,6 +187,18 @@ class InferenceEngine:
         stream = EventStream()
         loaded.loop.submit(Submission(request, prompt, adapter_path, tokenizer, stream))
         return Generation(prompt_tokens=len(prompt.token_ids), events=stream)
+
+
+def _resolve_dtype(setting: str, device: str) -> str:
+    """``auto``: bfloat16 where it is native (CUDA; CPUs with AVX512-BF16 or AMX), float32 elsewhere, where
+    bfloat16 is emulated and several times slower (the same rule training's autocast follows)."""
+    if setting != "auto":
+        return setting
+    if device.startswith("cuda"):
+        return "bfloat16"
+    from openft.training.recipe import cpu_has_native_bf16
+
+    return "bfloat16" if cpu_has_native_bf16() else "float32"
 
 
 def _check_full_attention(model: Any, path: str) -> None:
