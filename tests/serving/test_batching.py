@@ -315,3 +315,13 @@ def test_queued_request_whose_client_leaves_is_dropped_from_the_queue(serve_engi
 
     stats = engine.stats(base)
     assert stats.cancelled == 1 and stats.admitted == 1
+
+
+def test_more_choices_than_the_batch_holds_is_400(serve_engine):
+    _, client = serve_engine(max_batch=2)
+
+    with pytest.raises(openai.BadRequestError) as caught:
+        client.chat.completions.create(model=BASE, messages=HELLO, max_tokens=2, n=3)
+
+    assert caught.value.param == "n"
+    assert "at most 2 sequences" in caught.value.message

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from openft.errors import InvalidRequestError
+from openft.errors import InvalidRequestError, ServerError
 from openft.serving import response
 from openft.serving.engine import InferenceEngine
 from openft.serving.protocols import ResolvedModel
@@ -140,3 +140,25 @@ def test_generate_with_prompt_over_context_window_is_400(models):
         engine.generate(models["tiny"], request)
 
     assert caught.value.param == "messages"
+
+
+def test_generate_after_a_failed_decode_step_serves_the_next_request(models):
+    engine = InferenceEngine()
+    model = models["tiny"]
+    text(engine, model)
+    loaded = engine._bases[model.base_path]
+    failures = []
+
+    def fail_once(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] == 1 and not failures:  # a decode step, not a prefill
+            failures.append(1)
+            raise RuntimeError("device lost")
+
+    handle = loaded.model.register_forward_pre_hook(fail_once, with_kwargs=True)
+    try:
+        request = parse_chat_request({"model": "tiny", "messages": HELLO, "max_tokens": 8})
+        with pytest.raises(ServerError, match="device lost"):
+            response.completion("tiny", engine.generate(model, request))
+        assert text(engine, model)  # the loop lives on, with a fresh cache
+    finally:
+        handle.remove()

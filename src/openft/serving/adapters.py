@@ -14,6 +14,7 @@ Only the batch loop's thread calls into this object; adapters in use by a runnin
 from __future__ import annotations
 
 import itertools
+import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,11 +48,17 @@ class AdapterSet:
         self.max_bytes = max_bytes
         self.peft: Any = None
         self.loaded: OrderedDict[str, _Adapter] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()  # the loop changes `loaded`; other threads may list it
         self._names = itertools.count()
         self._layers: list[Any] = []
         self._stacks: dict[int, _Stack | None] = {}  # per LoRA layer; rebuilt after a load or eviction
         self._row_slots: Any = None  # per row of the running forward: its adapter's slot, -1 for the base
         self._masks: dict[tuple[int, ...], Any] = {}
+
+    def paths(self) -> list[str]:
+        """Adapter paths loaded, least recently used first (safe from any thread)."""
+        with self._lock:
+            return list(self.loaded)
 
     def acquire(self, path: str) -> str | None:
         """Load ``path`` if needed and count one more user; its PEFT name, or None when no room can be made."""
@@ -60,7 +67,8 @@ class AdapterSet:
             if len(self.loaded) >= self.max_adapters and all(a.users for a in self.loaded.values()):
                 return None  # every loaded adapter serves a running request: wait for one to finish
             adapter = self._load(path)
-        self.loaded.move_to_end(path)
+        with self._lock:
+            self.loaded.move_to_end(path)
         adapter.users += 1
         self._evict_over_limits()
         return adapter.name
@@ -143,7 +151,8 @@ class AdapterSet:
         self._adopt_layers(name, path)
         slot = min(set(range(len(self.loaded) + 1)) - {a.slot for a in self.loaded.values()})
         adapter = _Adapter(name, slot, _adapter_bytes(path))
-        self.loaded[path] = adapter
+        with self._lock:
+            self.loaded[path] = adapter
         self._stacks.clear()
         return adapter
 
@@ -182,7 +191,8 @@ class AdapterSet:
     def _evict_one(self) -> bool:
         for path, adapter in self.loaded.items():
             if adapter.users == 0:
-                del self.loaded[path]
+                with self._lock:
+                    del self.loaded[path]
                 self.peft.delete_adapter(adapter.name)
                 self._stacks.clear()
                 return True

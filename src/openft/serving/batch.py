@@ -148,7 +148,9 @@ class BatchLoop:
                 param="n",
             )
         with self._lock:
-            if len(self._waiting) >= self.max_queue:
+            # A request that a free row awaits does not queue; beyond the free rows, max_queue may wait.
+            free = self.max_batch - len(self._choices) - sum(s.request.n for s in self._waiting)
+            if free < n and len(self._waiting) >= self.max_queue:
                 raise RateLimitError(
                     f"The model `{submission.request.model}` is busy: {len(self._waiting)} requests are already "
                     f"waiting for it. Retry in a moment.",

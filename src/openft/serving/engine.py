@@ -84,7 +84,7 @@ class InferenceEngine:
     def loaded_adapters(self, base_path: str) -> list[str]:
         """Adapter paths loaded on a base model, least recently used first."""
         loaded = self._bases.get(str(base_path))
-        return list(loaded.adapters.loaded) if loaded else []
+        return loaded.adapters.paths() if loaded else []
 
     def loaded_full_models(self) -> list[str]:
         return list(self._full)
