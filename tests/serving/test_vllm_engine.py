@@ -35,6 +35,8 @@ class ScriptedVLLM:
         self.closed: list[str] = []
         self.aborted: list[str] = []
         self.started = threading.Event()
+        self.paused = False  # a stalled vLLM: nothing comes out until it is unpaused or aborted
+        self.sent: dict[str, int] = {}  # tokens produced per request
 
     async def generate(self, token_ids, options, request_id, lora):
         self.calls.append(
@@ -42,14 +44,18 @@ class ScriptedVLLM:
         )
         self.started.set()
         try:
+            while self.paused:
+                await asyncio.sleep(0.001)
             sent = 0
             while self.endless or sent < min(options["max_tokens"], len(self.script)):
                 part = [self.script[(sent + k) % len(self.script)] for k in range(2)]
                 part = part[: options["max_tokens"] - sent]
                 sent += len(part)
+                self.sent[request_id] = sent
                 finish = "length" if sent >= options["max_tokens"] else None
                 yield [Delta(i, part, finish) for i in range(options["n"])]
-                await asyncio.sleep(0)
+                # An endless answer comes at a model's pace, a few milliseconds a step.
+                await asyncio.sleep(0.005 if self.endless else 0)
         finally:
             self.closed.append(request_id)
 
@@ -192,11 +198,12 @@ def test_vllm_engine_closed_stream_aborts_the_vllm_request(vllm_app, scripted):
 
     first = scripted.calls[0]["request_id"]
     assert first in scripted.closed and first in scripted.aborted
+    assert scripted.sent[first] < 200, "stopped long before its 400 tokens"
     assert engine._in_flight == 0
 
 
 def test_vllm_engine_beyond_max_in_flight_is_429(models, scripted):
-    scripted.endless = True
+    scripted.paused = True  # the first request stays in flight
     engine = VLLMEngine(fallback=InferenceEngine(), backend_factory=lambda path: scripted, max_in_flight=1)
     request = parse_chat_request({"model": "tiny", "messages": HELLO, "max_tokens": 400})
 
