@@ -111,13 +111,23 @@ def test_mixed_adapter_batch_answers_each_request_as_if_alone(serve_engine, mode
 
     base = models[BASE]
     before = engine.stats(base)
+    prefills: list[int] = []
+    hook = engine._bases[base.base_path].model.register_forward_hook(
+        lambda module, args, kwargs, out: (
+            prefills.append(kwargs["input_ids"].shape[1]) if kwargs["input_ids"].shape[1] > 1 else None
+        ),
+        with_kwargs=True,
+    )
     with ThreadPoolExecutor(len(requests)) as pool:
         with engine.hold(base):
             futures = [pool.submit(answer, client, params) for params in requests]
             wait_until(lambda: engine.stats(base).waiting == len(requests), "every request to be queued")
         together = [future.result() for future in futures]
+    hook.remove()
 
     assert together == alone
+    # The eight prompts were prefilled together, packed into one forward.
+    assert prefills == [sum(a["prompt"] for a in alone)]
     stats = engine.stats(base)
     # Every choice but the one that ends its turn with its first token (sampled from the prefill).
     rows = sum(params.get("n", 1) for params in requests) - 1

@@ -80,8 +80,12 @@ class AdapterSet:
             self._evict_over_limits()
 
     @contextmanager
-    def rows(self, names: list[str]):
-        """Run the forward inside with row ``i`` through adapter ``names[i]`` (``BASE``: none)."""
+    def rows(self, names: list[str], *, tokens: Any = None):
+        """Run the forward inside with row ``i`` through adapter ``names[i]`` (``BASE``: none).
+
+        ``tokens`` (prompts packed into one row): token ``t`` belongs to prompt ``tokens[t]``, which runs
+        through ``names[tokens[t]]``.
+        """
         if self.peft is None or all(name == BASE for name in names):
             yield
             return
@@ -89,7 +93,9 @@ class AdapterSet:
 
         slots = {a.name: a.slot for a in self.loaded.values()}
         device = next(self.model.parameters()).device
-        self._row_slots = torch.tensor([slots.get(name, -1) for name in names], device=device)
+        row_slots = torch.tensor([slots.get(name, -1) for name in names], device=device)
+        # [rows, 1] for a batch (one token per row), [1, tokens] for packed prompts.
+        self._row_slots = row_slots[:, None] if tokens is None else row_slots[tokens][None, :]
         try:
             yield
         finally:
@@ -112,7 +118,7 @@ class AdapterSet:
             import torch
 
             owners = torch.tensor(stack.owners, device=self._row_slots.device)
-            mask = (self._row_slots[:, None] == owners[None, :]).to(stack.a.dtype)[:, None, :]
+            mask = (self._row_slots[:, :, None] == owners).to(stack.a.dtype)
             self._masks[stack.owners] = mask
         import torch.nn.functional as F
 

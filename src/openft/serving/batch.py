@@ -246,6 +246,7 @@ class BatchLoop:
 
     def _admit(self, admissions: list[Submission]) -> None:
         adapters = self.model.adapters
+        ready: list[tuple[Submission, str]] = []
         for position, submission in enumerate(admissions):
             path = submission.adapter_path if adapters is not None else None
             try:
@@ -258,50 +259,95 @@ class BatchLoop:
             if name is None:  # every loaded adapter serves a running request: wait, keeping the place in line
                 with self._lock:
                     self._waiting.extendleft(reversed(admissions[position:]))
-                return
+                break
+            ready.append((submission, name))
+        for group in _packs(ready):
             try:
-                self._prefill(submission, name)
+                self._prefill(group)
             except Exception as exc:
-                if path is not None:
-                    adapters.release(path)
                 if not isinstance(exc, OpenFTError):
                     logger.exception("prefill failed for %s", self.label)
                     exc = ServerError(f"Generation failed: {exc}")
-                submission.stream.end(exc)
+                for submission, name in group:
+                    if name != BASE and adapters is not None and submission.adapter_path is not None:
+                        adapters.release(submission.adapter_path)
+                    submission.stream.end(exc)
 
-    def _prefill(self, submission: Submission, adapter_name: str) -> None:
+    def _prefill(self, group: list[tuple[Submission, str]]) -> None:
+        """Prefill the prompts of ``group`` in one forward, then sample each request's first tokens.
+
+        Several prompts are packed into one row, each attending only to itself (a block-diagonal mask, positions
+        restarting at 0), so no padding is computed; each request's ``n`` choices share its prompt's prefill.
+        """
         model = self.model
-        request = submission.request
-        sampler = RequestSampler(request, vocab_size=model.vocab_size, device=model.device)
-        ids = torch.tensor([submission.prompt.token_ids], device=model.device)
-        with self._rows([adapter_name]), torch.inference_mode():
-            out = model.model(input_ids=ids, use_cache=True, logits_to_keep=1)
-        first_row = len(self._choices)
-        self._cache.store(range(first_row, first_row + request.n), _layers(_output_cache(out)))
-        owner = _Request(submission, sampler, adapter_name, left=request.n)
-        choices = [
-            _Choice(
-                owner,
-                ChoiceText(
-                    i,
-                    submission.tokenizer,
-                    stop=request.stop,
-                    tools=bool(request.tools),
-                    eos_ids=model.eos_ids,
-                    max_tokens=submission.prompt.max_tokens,
-                ),
-                row=first_row + i,
-                length=len(submission.prompt.token_ids),
-            )
-            for i in range(request.n)
-        ]
+        lengths = [len(submission.prompt.token_ids) for submission, _ in group]
+        ids = torch.tensor(
+            [[t for submission, _ in group for t in submission.prompt.token_ids]], device=model.device
+        )
+        ends = torch.tensor(lengths, device=model.device).cumsum(0)
         with torch.inference_mode():
-            logits = out.logits[:, -1].float().expand(request.n, -1)
-            tokens = self._sample_request(owner, logits, list(range(request.n)))
-        self._choices.extend(choices)
-        self._counters.admitted += 1
-        for choice, token in zip(choices, tokens.tolist(), strict=True):
-            self._accept(choice, token)
+            if len(group) == 1:
+                with self._rows([group[0][1]]):
+                    out = model.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+            else:
+                segment = torch.repeat_interleave(
+                    torch.arange(len(group), device=model.device), ends.diff(prepend=ends.new_zeros(1))
+                )
+                index = torch.arange(ids.shape[1], device=model.device)
+                allowed = (segment[:, None] == segment[None, :]) & (index[:, None] >= index[None, :])
+                mask = torch.zeros(allowed.shape, dtype=model.dtype, device=model.device)
+                mask = mask.masked_fill_(~allowed, torch.finfo(model.dtype).min)[None, None]
+                positions = (index - (ends - ends.new_tensor(lengths))[segment])[None]
+                with self._rows([name for _, name in group], tokens=segment):
+                    out = model.model(
+                        input_ids=ids,
+                        position_ids=positions,
+                        attention_mask=mask,
+                        use_cache=True,
+                        logits_to_keep=ends - 1,
+                    )
+            layers = _layers(_output_cache(out))
+            logits = out.logits[0].float()  # one row per prompt: its last position's
+        start = 0
+        for k, ((submission, adapter_name), length) in enumerate(zip(group, lengths, strict=True)):
+            request = submission.request
+            first_row = len(self._choices)
+            prompt = [
+                (keys[:, :, start : start + length], values[:, :, start : start + length])
+                for keys, values in layers
+            ]
+            start += length
+            self._cache.store(range(first_row, first_row + request.n), prompt)
+            owner = _Request(
+                submission,
+                RequestSampler(request, vocab_size=model.vocab_size, device=model.device),
+                adapter_name,
+                left=request.n,
+            )
+            choices = [
+                _Choice(
+                    owner,
+                    ChoiceText(
+                        i,
+                        submission.tokenizer,
+                        stop=request.stop,
+                        tools=bool(request.tools),
+                        eos_ids=model.eos_ids,
+                        max_tokens=submission.prompt.max_tokens,
+                    ),
+                    row=first_row + i,
+                    length=length,
+                )
+                for i in range(request.n)
+            ]
+            with torch.inference_mode():
+                tokens = self._sample_request(
+                    owner, logits[k : k + 1].expand(request.n, -1), list(range(request.n))
+                )
+            self._choices.extend(choices)
+            self._counters.admitted += 1
+            for choice, token in zip(choices, tokens.tolist(), strict=True):
+                self._accept(choice, token)
 
     def _decode(self) -> None:
         model = self.model
@@ -333,9 +379,11 @@ class BatchLoop:
         for choice, token in zip(choices, tokens, strict=True):
             self._accept(choice, token)
 
-    def _rows(self, names: list[str]) -> contextlib.AbstractContextManager:
+    def _rows(
+        self, names: list[str], tokens: torch.Tensor | None = None
+    ) -> contextlib.AbstractContextManager:
         adapters = self.model.adapters
-        return adapters.rows(names) if adapters is not None else contextlib.nullcontext()
+        return adapters.rows(names, tokens=tokens) if adapters is not None else contextlib.nullcontext()
 
     # -- sampling ----------------------------------------------------------------------------------------
 
@@ -418,6 +466,25 @@ class BatchLoop:
             owner.stream.end(error)
         self._choices = []
         self._cache.release()
+
+
+# Prompts packed into one prefill: at most this many tokens together (the mask is tokens x tokens).
+PACKED_PREFILL_TOKENS = 2048
+
+
+def _packs(ready: list[tuple[Submission, str]]) -> Iterator[list[tuple[Submission, str]]]:
+    """Consecutive groups of admitted prompts, each within PACKED_PREFILL_TOKENS (a longer prompt alone)."""
+    group: list[tuple[Submission, str]] = []
+    tokens = 0
+    for item in ready:
+        length = len(item[0].prompt.token_ids)
+        if group and tokens + length > PACKED_PREFILL_TOKENS:
+            yield group
+            group, tokens = [], 0
+        group.append(item)
+        tokens += length
+    if group:
+        yield group
 
 
 def _output_cache(out: Any) -> Any:
