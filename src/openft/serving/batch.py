@@ -1,9 +1,10 @@
 """Continuous batching: the requests for one model decode together, joining and leaving between steps.
 
 One thread per loaded model runs the loop. Each turn it admits waiting requests while the batch has rows
-for them (a request's prompt is prefilled in one forward, and its ``n`` choices share that prefill), runs one
-decode step for every running choice at once (each row through its own LoRA adapter, or the base), samples,
-and drops the choices that finished or whose reader went away. Requests wait in a bounded queue; a request
+for them (the prompts admitted together are prefilled in one forward, and a request's ``n`` choices share its
+prefill), runs one decode step for every running choice at once (each row through its own LoRA adapter, or
+the base), samples, and drops the choices that finished or whose reader went away. A prefill pauses the
+decoding of the others for its duration (prompts are not split into chunks). Requests wait in a bounded queue; a request
 that finds it full gets a 429 at once.
 
 The thread starts with the first request and ends when nothing is running or waiting, giving the batch's
