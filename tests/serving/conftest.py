@@ -12,11 +12,9 @@ import openai
 import pytest
 import uvicorn
 import yaml
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 from openapi_schema_validator import OAS31Validator
 
-from openft.errors import OpenFTError
 from openft.serving.engine import InferenceEngine
 from openft.serving.protocols import ResolvedModel, StaticModelResolver
 
@@ -78,18 +76,20 @@ def models(tiny_model_dir: Path, adapter_dirs: list[Path], full_model_dir: Path)
 
 def make_app(engine: InferenceEngine, models: dict[str, ResolvedModel]) -> FastAPI:
     """The chat router alone, with the state and error envelope that create_app provides."""
+    from openft.api import errors
     from openft.api.chat import router
 
     app = FastAPI()
     app.include_router(router)
     app.state.inference = engine
     app.state.model_resolver = StaticModelResolver(models)
-
-    @app.exception_handler(OpenFTError)
-    async def render(request: Request, exc: OpenFTError) -> JSONResponse:
-        return JSONResponse({"error": exc.to_dict()}, status_code=exc.status_code)
-
+    errors.install(app)
     return app
+
+
+@pytest.fixture
+def chat_app() -> Callable[[InferenceEngine, dict[str, ResolvedModel]], FastAPI]:
+    return make_app
 
 
 @pytest.fixture

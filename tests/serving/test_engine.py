@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from openft.errors import InvalidRequestError
+from openft.errors import InvalidRequestError, ServerError
 from openft.serving import response
 from openft.serving.engine import InferenceEngine
 from openft.serving.protocols import ResolvedModel
@@ -101,9 +101,7 @@ def test_generate_streaming_in_background_matches_inline(models):
     )
 
     inline = response.completion(model.name, engine.generate(model, request))
-    streamed = list(
-        response.chunks(model.name, engine.generate(model, request, background=True), include_usage=True)
-    )
+    streamed = list(response.chunks(model.name, engine.generate(model, request), include_usage=True))
 
     for index, choice in enumerate(inline["choices"]):
         pieces = [
@@ -123,7 +121,7 @@ def test_generate_stream_closed_early_stops_sampling(models):
     engine._bases[model.base_path].model.register_forward_hook(lambda *args: forwards.append(1))
     request = parse_chat_request({"model": "tiny", "messages": HELLO, "max_tokens": 480, "seed": 1})
 
-    events = engine.generate(model, request, background=True).events
+    events = engine.generate(model, request).events
     next(events)
     events.close()  # the client went away
     for thread in threading.enumerate():
@@ -142,3 +140,25 @@ def test_generate_with_prompt_over_context_window_is_400(models):
         engine.generate(models["tiny"], request)
 
     assert caught.value.param == "messages"
+
+
+def test_generate_after_a_failed_decode_step_serves_the_next_request(models):
+    engine = InferenceEngine()
+    model = models["tiny"]
+    text(engine, model)
+    loaded = engine._bases[model.base_path]
+    failures = []
+
+    def fail_once(module, args, kwargs):
+        if kwargs["input_ids"].shape[1] == 1 and not failures:  # a decode step, not a prefill
+            failures.append(1)
+            raise RuntimeError("device lost")
+
+    handle = loaded.model.register_forward_pre_hook(fail_once, with_kwargs=True)
+    try:
+        request = parse_chat_request({"model": "tiny", "messages": HELLO, "max_tokens": 8})
+        with pytest.raises(ServerError, match="device lost"):
+            response.completion("tiny", engine.generate(model, request))
+        assert text(engine, model)  # the loop lives on, with a fresh cache
+    finally:
+        handle.remove()

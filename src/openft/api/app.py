@@ -25,7 +25,7 @@ from openft.api import (
 from openft.services.context import Services
 from openft.services.inference import ServicesModelResolver
 from openft.services.webhooks import WebhookDispatcher
-from openft.serving.engine import InferenceEngine
+from openft.serving.protocols import ChatEngine
 from openft.settings import Settings
 
 # Every resource router, mounted under /v1 behind authentication. Add new resources here
@@ -74,10 +74,32 @@ def create_app(settings: Settings, *, services: Services | None = None) -> FastA
         )
     # Chat completions: the engine imports torch lazily, on the first request for a model.
     app.state.model_resolver = ServicesModelResolver(app.state.services)
-    app.state.inference = InferenceEngine(max_adapter_bytes=settings.serving_memory_budget_bytes)
+    app.state.inference = chat_engine(settings)
     app.include_router(chat.router, dependencies=[Depends(deps.check_url), Depends(deps.authenticate)])
     # The dashboard is static and public; it calls the same /v1 API, with the user's key.
     app.include_router(dashboard.router)
     # /metrics for Prometheus (OPENFT_METRICS_TOKEN protects it), and request latency by route.
     metrics.install(app, app.state.services)
     return app
+
+
+def chat_engine(settings: Settings) -> ChatEngine:
+    """openft's engine, or vLLM's (``OPENFT_SERVING_ENGINE=vllm``); neither imports torch until first used."""
+    from openft.serving.engine import InferenceEngine
+
+    own = InferenceEngine(
+        max_adapter_bytes=settings.serving_memory_budget_bytes,
+        max_batch=settings.serving_max_batch,
+        max_queue=settings.serving_max_queue,
+        dtype=settings.serving_dtype,
+    )
+    if settings.serving_engine != "vllm":
+        return own
+    from openft.serving.vllm_engine import VLLMEngine
+
+    # Full fine-tuned models stay on openft's engine: a vLLM engine serves one base model and its adapters.
+    return VLLMEngine(
+        fallback=own,
+        max_num_seqs=settings.serving_max_batch,
+        max_in_flight=settings.serving_max_batch + settings.serving_max_queue,
+    )

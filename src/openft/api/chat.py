@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
+from openft.api.disconnect import unless_disconnected
 from openft.errors import InvalidRequestError
 from openft.serving import response
 from openft.serving.protocols import ChatEngine, ModelResolver
@@ -17,6 +18,8 @@ router = APIRouter()
 
 # Used when no auth middleware has set request.state.scope (tests, single-user mode).
 DEFAULT_ORGANIZATION = "org-default"
+# nginx's "client closed request": logged, never seen by the client that left.
+CLIENT_CLOSED_REQUEST = 499
 
 
 @router.post("/v1/chat/completions")
@@ -30,8 +33,11 @@ async def create_chat_completion(request: Request):
     engine: ChatEngine = request.app.state.inference
     owner = getattr(request.state, "scope", None) or DEFAULT_ORGANIZATION
     model = await run_in_threadpool(resolver.resolve, owner, chat.model)
-    generation = await run_in_threadpool(engine.generate, model, chat, background=chat.stream)
+    # Rendering and tokenizing the prompt costs CPU: off the event loop. Sampling happens in the model's batch.
+    generation = await run_in_threadpool(engine.generate, model, chat)
     if chat.stream:
-        chunks = response.chunks(chat.model, generation, include_usage=chat.include_usage)
-        return StreamingResponse(response.server_sent_events(chunks), media_type="text/event-stream")
-    return JSONResponse(await run_in_threadpool(response.completion, chat.model, generation))
+        chunks = response.achunks(chat.model, generation, include_usage=chat.include_usage)
+        return StreamingResponse(response.aserver_sent_events(chunks), media_type="text/event-stream")
+    completion = response.acompletion(chat.model, generation)
+    result = await unless_disconnected(request, completion, on_disconnect=generation.events.close)
+    return JSONResponse(result) if result is not None else Response(status_code=CLIENT_CLOSED_REQUEST)

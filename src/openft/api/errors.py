@@ -32,7 +32,7 @@ def envelope(status: int, message: str, *, type_: str, param: str | None = None,
 
 async def _openft_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, OpenFTError)
-    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status_code)
+    return JSONResponse({"error": exc.to_dict()}, status_code=exc.status_code, headers=exc.headers)
 
 
 def _param(loc: tuple | list) -> str | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
@@ -52,21 +52,39 @@ class ChoiceFinished:
 GenerationEvent = TextDelta | ChoiceFinished
 
 
+class Events(Protocol):
+    """A generation's events, read by a thread (``for``) or a coroutine (``async for``).
+
+    ``close()`` before the end says the reader went away: the generation stops at its next step.
+    """
+
+    def __iter__(self) -> Iterator[GenerationEvent]: ...
+
+    def __next__(self) -> GenerationEvent: ...
+
+    def __aiter__(self) -> AsyncIterator[GenerationEvent]: ...
+
+    async def __anext__(self) -> GenerationEvent: ...
+
+    def close(self) -> None: ...
+
+
 @dataclass
 class Generation:
-    """A started generation: the prompt is rendered and validated, events follow as tokens are sampled."""
+    """A queued generation: the prompt is rendered and validated, events follow as tokens are sampled."""
 
     prompt_tokens: int
-    events: Iterator[GenerationEvent]
+    events: Events
 
 
 class ChatEngine(Protocol):
     """What ``request.app.state.inference`` must offer the chat router."""
 
-    def generate(self, model: ResolvedModel, request: ChatRequest, *, background: bool) -> Generation:
-        """Validate and render the prompt (raising ``InvalidRequestError`` before any event), then generate.
+    def generate(self, model: ResolvedModel, request: ChatRequest) -> Generation:
+        """Validate and render the prompt (raising ``InvalidRequestError`` before any event), then queue it.
 
-        ``background=True`` samples in a thread of its own so a slow reader cannot hold the model lock.
+        Raises ``RateLimitError`` (429) when the model's queue is full. Sampling never runs in the caller's
+        thread, so a slow or vanished reader holds nothing but its own request.
         """
         ...
 

@@ -1,0 +1,209 @@
+"""The LoRA adapters loaded on one base model, and which adapter each row of a batch runs through.
+
+PEFT loads every adapter into one model over the shared base weights. A batch mixes them, each row through its
+own adapter or none (the base model). PEFT's own mixed-adapter forward (``adapter_names=``) regroups the rows in
+Python inside every LoRA layer, which on a 30-layer model costs more than the decode step itself; here each
+LoRA layer instead holds its adapters side by side, ``A = [A_1; ...; A_k]`` and ``B = [s_1 B_1, ..., s_k B_k]``,
+and a forward hook adds ``((x A^T) * mask) B^T``, where the mask keeps, for each row, the columns of that row's
+adapter. That is two small matmuls per layer whatever the mix, and exactly ``B_i A_i x`` for each row: the
+other adapters' columns contribute exact zeros, and base rows get nothing added.
+
+Only the batch loop's thread calls into this object; adapters in use by a running request are never evicted.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections import OrderedDict
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from openft.errors import ServerError
+
+BASE = "__base__"
+
+
+@dataclass
+class _Adapter:
+    name: str
+    slot: int  # this adapter's number in the rows' mask
+    nbytes: int
+    users: int = 0
+
+
+@dataclass
+class _Stack:
+    a: Any  # [sum of ranks, in]
+    b: Any  # [out, sum of ranks], each block scaled
+    owners: tuple[int, ...]  # the slot of each of the sum-of-ranks columns
+
+
+class AdapterSet:
+    def __init__(self, model: Any, *, max_adapters: int, max_bytes: int | None) -> None:
+        self.model = model
+        self.max_adapters = max_adapters
+        self.max_bytes = max_bytes
+        self.peft: Any = None
+        self.loaded: OrderedDict[str, _Adapter] = OrderedDict()  # least recently used first
+        self._lock = threading.Lock()  # the loop changes `loaded`; other threads may list it
+        self._names = itertools.count()
+        self._layers: list[Any] = []
+        self._stacks: dict[int, _Stack | None] = {}  # per LoRA layer; rebuilt after a load or eviction
+        self._row_slots: Any = None  # per row of the running forward: its adapter's slot, -1 for the base
+        self._masks: dict[tuple[int, ...], Any] = {}
+
+    def paths(self) -> list[str]:
+        """Adapter paths loaded, least recently used first (safe from any thread)."""
+        with self._lock:
+            return list(self.loaded)
+
+    def acquire(self, path: str) -> str | None:
+        """Load ``path`` if needed and count one more user; its PEFT name, or None when no room can be made."""
+        adapter = self.loaded.get(path)
+        if adapter is None:
+            if len(self.loaded) >= self.max_adapters and all(a.users for a in self.loaded.values()):
+                return None  # every loaded adapter serves a running request: wait for one to finish
+            adapter = self._load(path)
+        with self._lock:
+            self.loaded.move_to_end(path)
+        adapter.users += 1
+        self._evict_over_limits()
+        return adapter.name
+
+    def release(self, path: str) -> None:
+        adapter = self.loaded.get(path)
+        if adapter is not None:
+            adapter.users -= 1
+            self._evict_over_limits()
+
+    @contextmanager
+    def rows(self, names: list[str], *, tokens: Any = None):
+        """Run the forward inside with row ``i`` through adapter ``names[i]`` (``BASE``: none).
+
+        ``tokens`` (prompts packed into one row): token ``t`` belongs to prompt ``tokens[t]``, which runs
+        through ``names[tokens[t]]``.
+        """
+        if self.peft is None or all(name == BASE for name in names):
+            yield
+            return
+        import torch
+
+        slots = {a.name: a.slot for a in self.loaded.values()}
+        device = next(self.model.parameters()).device
+        row_slots = torch.tensor([slots.get(name, -1) for name in names], device=device)
+        # [rows, 1] for a batch (one token per row), [1, tokens] for packed prompts.
+        self._row_slots = row_slots[:, None] if tokens is None else row_slots[tokens][None, :]
+        try:
+            yield
+        finally:
+            self._row_slots = None
+            self._masks.clear()
+
+    # -- the forward hook ------------------------------------------------------------------------------
+
+    def _add_lora(self, module: Any, args: tuple, output: Any) -> Any:
+        if self._row_slots is None:
+            return output
+        key = id(module)
+        if key not in self._stacks:
+            self._stacks[key] = self._stack(module)
+        stack = self._stacks[key]
+        if stack is None:
+            return output
+        mask = self._masks.get(stack.owners)
+        if mask is None:
+            import torch
+
+            owners = torch.tensor(stack.owners, device=self._row_slots.device)
+            mask = (self._row_slots[:, :, None] == owners).to(stack.a.dtype)
+            self._masks[stack.owners] = mask
+        import torch.nn.functional as F
+
+        x = args[0].to(stack.a.dtype)
+        return output + F.linear(F.linear(x, stack.a) * mask, stack.b).to(output.dtype)
+
+    def _stack(self, module: Any) -> _Stack | None:
+        import torch
+
+        dtype = module.get_base_layer().weight.dtype
+        blocks = [
+            (adapter.slot, module.lora_A[adapter.name].weight, module.lora_B[adapter.name].weight, name)
+            for adapter in self.loaded.values()
+            if (name := adapter.name) in module.lora_A
+        ]
+        if not blocks:
+            return None
+        a = torch.cat([block[1] for block in blocks]).to(dtype)
+        b = torch.cat([block[2] * module.scaling[block[3]] for block in blocks], dim=1).to(dtype)
+        owners = tuple(slot for slot, weight, _, _ in blocks for _ in range(weight.shape[0]))
+        return _Stack(a, b, owners)
+
+    # -- loading and eviction --------------------------------------------------------------------------
+
+    def _load(self, path: str) -> _Adapter:
+        from peft import PeftModel
+
+        name = f"adapter_{next(self._names)}"
+        try:
+            if self.peft is None:
+                self.peft = PeftModel.from_pretrained(self.model, path, adapter_name=name).eval()
+            else:
+                self.peft.load_adapter(path, adapter_name=name)
+        except (OSError, ValueError) as exc:
+            raise ServerError(f"Could not load the LoRA adapter at {path!r}: {exc}") from exc
+        self._adopt_layers(name, path)
+        slot = min(set(range(len(self.loaded) + 1)) - {a.slot for a in self.loaded.values()})
+        adapter = _Adapter(name, slot, _adapter_bytes(path))
+        with self._lock:
+            self.loaded[path] = adapter
+        self._stacks.clear()
+        return adapter
+
+    def _adopt_layers(self, name: str, path: str) -> None:
+        """Hook every LoRA layer once and switch PEFT's own adapter forward off; refuse adapters we can't mix."""
+        from peft.tuners.lora import Linear, LoraLayer
+
+        for module in self.peft.modules():
+            if not isinstance(module, LoraLayer):
+                continue
+            unsupported = (
+                not isinstance(module, Linear)
+                or name in module.lora_variant
+                or (name in module.lora_B and module.lora_B[name].bias is not None)
+            )
+            if unsupported and (name in module.lora_A or name in getattr(module, "lora_embedding_A", {})):
+                self.peft.delete_adapter(name)
+                raise ServerError(
+                    f"The adapter at {path!r} is not a plain LoRA on linear layers (DoRA, a LoRA bias or an "
+                    "embedding LoRA), which openft's engine does not batch; serve a merged export instead."
+                )
+            if all(module is not layer for layer in self._layers):
+                module.register_forward_hook(self._add_lora)
+                self._layers.append(module)
+            module.enable_adapters(False)  # the base layer alone; the hook adds each row's adapter
+
+    def _evict_over_limits(self) -> None:
+        # The newest adapter is loaded before any is evicted, so the PeftModel never runs out of adapters.
+        while len(self.loaded) > 1 and (
+            len(self.loaded) > self.max_adapters
+            or (self.max_bytes is not None and sum(a.nbytes for a in self.loaded.values()) > self.max_bytes)
+        ):
+            if not self._evict_one():
+                return
+
+    def _evict_one(self) -> bool:
+        for path, adapter in self.loaded.items():
+            if adapter.users == 0:
+                with self._lock:
+                    del self.loaded[path]
+                self.peft.delete_adapter(adapter.name)
+                self._stacks.clear()
+                return True
+        return False
+
+
+def _adapter_bytes(path: str) -> int:
+    return sum(f.stat().st_size for f in Path(path).glob("adapter_model.*"))
