@@ -196,7 +196,7 @@ def _resolve_dtype(setting: str, device: str) -> str:
         return setting
     if device.startswith("cuda"):
         return "bfloat16"
-    from openft.training.recipe import cpu_has_native_bf16
+    from openft.training.hardware import cpu_has_native_bf16
 
     return "bfloat16" if cpu_has_native_bf16() else "float32"
 
