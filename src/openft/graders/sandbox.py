@@ -12,6 +12,7 @@ Linux only (Landlock and an x86_64 seccomp filter); ``unavailable_reason()`` say
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -193,10 +194,8 @@ def _collect(proc: subprocess.Popen, data: bytes, timeout: float) -> PythonOutco
 
 def _kill(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
     for stream in (proc.stdin, proc.stdout):
         if stream is not None and not stream.closed:
