@@ -41,6 +41,12 @@ class Settings:
     # Serving
     serving_memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
     allow_remote_without_keys: bool = False
+    # Graders (reinforcement fine-tuning and /v1/fine_tuning/alpha/graders)
+    grader_base_url: str | None = None  # an OpenAI-compatible endpoint for score/label model graders
+    grader_api_key: str | None = None
+    python_grader_timeout_seconds: float = 30.0
+    python_grader_memory_mb: int = 1024
+    grader_concurrency: int = 4
 
     @property
     def files_dir(self) -> Path:
@@ -86,6 +92,16 @@ class Settings:
             values["max_attempts"] = _int(env, "OPENFT_MAX_ATTEMPTS")
         if "OPENFT_ORGANIZATION" in env:
             values["default_organization"] = env["OPENFT_ORGANIZATION"]
+        if env.get("OPENFT_GRADER_BASE_URL"):
+            values["grader_base_url"] = env["OPENFT_GRADER_BASE_URL"]
+        if env.get("OPENFT_GRADER_API_KEY"):
+            values["grader_api_key"] = env["OPENFT_GRADER_API_KEY"]
+        if "OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS" in env:
+            values["python_grader_timeout_seconds"] = _float(env, "OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS")
+        if "OPENFT_PYTHON_GRADER_MEMORY_MB" in env:
+            values["python_grader_memory_mb"] = _int(env, "OPENFT_PYTHON_GRADER_MEMORY_MB")
+        if "OPENFT_GRADER_CONCURRENCY" in env:
+            values["grader_concurrency"] = _int(env, "OPENFT_GRADER_CONCURRENCY")
         if env.get("OPENFT_ALLOW_REMOTE_WITHOUT_KEYS", "").lower() in ("1", "true", "yes"):
             values["allow_remote_without_keys"] = True
         values.update(overrides)
@@ -107,6 +123,12 @@ class Settings:
             )
         if self.max_attempts < 1:
             raise SettingsError("OPENFT_MAX_ATTEMPTS must be at least 1.")
+        if self.python_grader_timeout_seconds <= 0 or self.python_grader_memory_mb < 64:
+            raise SettingsError(
+                "OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS must be positive and OPENFT_PYTHON_GRADER_MEMORY_MB at least 64."
+            )
+        if self.grader_concurrency < 1:
+            raise SettingsError("OPENFT_GRADER_CONCURRENCY must be at least 1.")
 
 
 def _int(env, key: str) -> int:

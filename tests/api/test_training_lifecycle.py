@@ -301,7 +301,9 @@ def test_pause_then_resume_before_the_child_stops_continues_from_its_checkpoint(
     job = client.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "succeeded", job.error
     assert _job_row(services, job.id).attempts == 1
-    resumed = [e.message for e in _events(client, job.id) if e.message.startswith("Resuming from the checkpoint")]
+    resumed = [
+        e.message for e in _events(client, job.id) if e.message.startswith("Resuming from the checkpoint")
+    ]
     (message,) = resumed
     assert 0 < int(message.rsplit(" ", 1)[1]) < 24  # continued mid-run, not from step 0
     a, b = _adapter(services, straight), _adapter(services, job)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends, FastAPI
 
 from openft import __version__
-from openft.api import chat, dashboard, deps, errors, files, fine_tuning, models, uploads
+from openft.api import chat, dashboard, deps, errors, files, fine_tuning, graders, models, uploads
 from openft.services.context import Services
 from openft.services.inference import ServicesModelResolver
 from openft.serving.engine import InferenceEngine
@@ -17,6 +17,7 @@ ROUTERS: list[APIRouter] = [
     files.router,
     uploads.router,
     fine_tuning.router,
+    graders.router,
     models.router,
 ]
 

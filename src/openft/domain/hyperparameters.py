@@ -40,9 +40,13 @@ EXTENSION_KEYS = (
     "lora_target_modules",
     "max_seq_length",
 )
+# Reinforcement: OpenAI's RFT keys, then openft's rollout extensions (see domain/reinforcement.py).
+RFT_OPENAI_KEYS = ("reasoning_effort", "compute_multiplier", "eval_interval", "eval_samples")
+RFT_EXTENSION_KEYS = ("group_size", "max_completion_tokens", "temperature", "beta")
 METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "supervised": OPENAI_KEYS + EXTENSION_KEYS,
     "dpo": OPENAI_KEYS + ("beta",) + EXTENSION_KEYS,
+    "reinforcement": OPENAI_KEYS + RFT_OPENAI_KEYS + RFT_EXTENSION_KEYS + EXTENSION_KEYS,
 }
 
 
@@ -91,7 +95,11 @@ def check(method: str, hyperparameters: dict[str, Any], param_prefix: str) -> di
             f"Invalid value for learning_rate_multiplier: {lrm!r}. Expected 'auto' or a number > 0.",
             p("learning_rate_multiplier"),
         )
-    if "beta" in hp:
+    if method == "reinforcement":
+        from openft.domain.reinforcement import check_reinforcement
+
+        check_reinforcement(hp, p)
+    elif "beta" in hp:
         beta = hp["beta"]
         if beta != AUTO and not (_is_number(beta) and 0 < beta <= 2):
             raise HyperparameterError(
@@ -147,7 +155,9 @@ class ModelFacts:
     context_length: int
 
 
-def resolve(method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts) -> dict[str, Any]:
+def resolve(
+    method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts, n_validation: int | None = None
+) -> dict[str, Any]:
     """Replace every ``"auto"`` with a concrete value. ``hp`` must have passed ``check``."""
     out = dict(hp)
 
@@ -168,12 +178,18 @@ def resolve(method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts)
     pick("max_seq_length", min(model.context_length, DEFAULT_MAX_SEQ_LENGTH))
     for key in ("n_epochs", "batch_size", "lora_rank", "max_seq_length"):
         out[key] = int(out[key])
+    if method == "reinforcement":
+        from openft.domain.reinforcement import resolve_reinforcement
+
+        resolve_reinforcement(out, total_steps(n_examples, out["batch_size"], out["n_epochs"]), n_validation)
     return out
 
 
 def base_learning_rate(method: str, fine_tuning_type: str) -> float:
     """The rate that ``learning_rate_multiplier`` scales: LoRA tolerates (and needs) a far higher
     rate than updating every weight; DPO moves more gently than SFT."""
+    if method == "reinforcement":
+        return 2e-5 if fine_tuning_type == "lora" else 1e-6
     if fine_tuning_type == "lora":
         return 2e-4 if method == "supervised" else 5e-5
     return 2e-5 if method == "supervised" else 5e-6

@@ -8,6 +8,7 @@ from typing import Any, Generic, TypeVar, overload
 from openft.services.auth import AuthService
 from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
+from openft.services.graders import GraderService
 from openft.services.job_runtime import JobRuntime
 from openft.services.models import ModelService
 from openft.services.organizations import OrganizationService
@@ -59,6 +60,7 @@ class Services:
     models = service(ModelService)
     fine_tuning = service(FineTuningService)
     runtime = service(JobRuntime)
+    graders = service(GraderService)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

@@ -57,6 +57,7 @@ class JobSnapshot:
     stats: dict[str, Any] | None
     attempts: int
     created_at: int
+    grader: dict[str, Any] | None = None  # reinforcement jobs
 
     @classmethod
     def of(cls, row: JobRow) -> JobSnapshot:
@@ -76,6 +77,7 @@ class JobSnapshot:
             stats=dict(row.stats) if row.stats is not None else None,
             attempts=row.attempts,
             created_at=row.created_at,
+            grader=dict(row.grader) if row.grader is not None else None,
         )
 
 

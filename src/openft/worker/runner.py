@@ -204,7 +204,9 @@ class TrainingRun:
             if self.proc is None or self.proc.poll() is not None:
                 return
             # One request per run, except that a cancel overrides a pause or drain still under way.
-            if self.state.requested is not None and not (what == "cancel" and self.state.requested != "cancel"):
+            if self.state.requested is not None and not (
+                what == "cancel" and self.state.requested != "cancel"
+            ):
                 return
             self.state.requested = what
             self._stop_deadline = time.monotonic() + STOP_GRACE_SECONDS
