@@ -126,7 +126,10 @@ def main(argv: list[str] | None = None) -> int:
         spec = TrainingSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
         reporter.ownership = Ownership.from_env(spec.output_dir)
         reporter.ownership.check()
-        from openft.training.recipe import train
+        if spec.method == "reinforcement":
+            from openft.training.reinforcement import train
+        else:
+            from openft.training.recipe import train
 
         train(spec, reporter)
     except BaseException as exc:  # noqa: BLE001 - every failure must become an error line

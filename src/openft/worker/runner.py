@@ -117,6 +117,11 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
             services.files.local_path(services.files.get(job.organization_id, job.validation_file))
         )
     method = job.method_type
+    extra = {}
+    if method == "reinforcement":
+        from openft.worker.reinforcement import spec_fields
+
+        extra = spec_fields(services, job)
     return TrainingSpec(
         job_id=job.id,
         method=method,
@@ -137,9 +142,10 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
         lora_dropout=float(hp["lora_dropout"]),
         lora_target_modules=hp["lora_target_modules"],
         max_seq_length=int(hp["max_seq_length"]),
-        beta=float(hp["beta"]) if method == "dpo" else None,
+        beta=float(hp["beta"]) if method in ("dpo", "reinforcement") else None,
         init_adapter_path=init_adapter,
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
+        **extra,
     )
 
 
@@ -150,6 +156,10 @@ def result_csv(metrics_path: Path) -> bytes:
         for line in metrics_path.read_text().splitlines():
             data = json.loads(line)
             rows[int(data["step"])] = data  # a step repeated after a resume: the last run wins
+    if any("train_reward_mean" in data for data in rows.values()):
+        from openft.worker.reinforcement import result_csv as reinforcement_csv
+
+        return reinforcement_csv(rows)
 
     def cell(value) -> str:
         return "" if value is None else f"{float(value):.5f}"
@@ -359,6 +369,8 @@ class TrainingRun:
             trained_tokens = int(stats.get("billable_tokens", 0)) * spec.n_epochs or int(
                 state.result.get("trained_tokens", 0)
             )
+            if spec.method == "reinforcement":  # prompts and sampled completions, as trained on
+                trained_tokens = int(state.result.get("trained_tokens", 0))
             name = runtime.succeed(
                 job.id,
                 gen,

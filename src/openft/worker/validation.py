@@ -123,7 +123,8 @@ def validate_job(services, claim, seam: TokenizerSeam, *, runtime=None) -> None:
         reports[which] = report
 
     train = reports["training"]
-    resolved = hp_rules.resolve(method, job.hyperparameters, train.n_examples, facts)
+    n_validation = reports["validation"].n_examples if "validation" in reports else None
+    resolved = hp_rules.resolve(method, job.hyperparameters, train.n_examples, facts, n_validation)
     steps = hp_rules.total_steps(train.n_examples, resolved["batch_size"], resolved["n_epochs"])
     stats = {
         "n_examples": train.n_examples,
