@@ -102,7 +102,6 @@ def test_a_fork_bomb_cannot_start_a_single_process():
 
 
 def test_other_processes_cannot_be_signalled_or_traced():
-    import signal
 
     refused(
         grade(f"import os, signal\nos.kill({os.getpid()}, signal.SIGKILL)\nreturn 1.0"), "PermissionError"
