@@ -143,3 +143,27 @@ def test_model_sample_is_required(http):
     response = http.post("/v1/fine_tuning/alpha/graders/run", json={"grader": EXACT})
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "model_sample"
+
+
+def test_a_metric_whose_library_is_missing_is_a_400_saying_what_to_install(client, monkeypatch):
+    import importlib.util
+
+    from openft.graders import similarity
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        similarity.importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "sentence_transformers" else real(name, *a),
+    )
+    grader = {
+        "type": "text_similarity",
+        "name": "c",
+        "input": "{{sample.output_text}}",
+        "reference": "x",
+        "evaluation_metric": "cosine",
+    }
+    with pytest.raises(openai.BadRequestError) as excinfo:
+        client.fine_tuning.alpha.graders.validate(grader=grader)
+    assert excinfo.value.param == "grader.evaluation_metric"
+    assert "graders-cosine" in excinfo.value.message

