@@ -141,7 +141,11 @@ def validate_job(services, claim, seam: TokenizerSeam, *, runtime=None) -> None:
                 (
                     "warn",
                     f"{report.n_over_limit} example(s) in the {which} file are longer than {max_tokens} tokens; "
-                    "they will be truncated (tokens are removed from the end).",
+                    + (
+                        "their prompts will lose their start (the end, with the question, is kept)."
+                        if method == "reinforcement"
+                        else "they will be truncated (tokens are removed from the end)."
+                    ),
                 )
             )
         for warning in report.warnings[:3]:
