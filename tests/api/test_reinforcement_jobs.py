@@ -263,3 +263,29 @@ def test_a_chat_file_is_not_an_rft_file(client, services):
     assert job.status == "failed"
     assert job.error.code == "invalid_training_file" and job.error.param == "training_file"
     assert "Example 1, message 2: the last message is an assistant message" in job.error.message
+
+
+def test_a_score_model_grader_asks_a_served_model_from_the_training_process(client, services):
+    grader = {
+        "type": "multi",
+        "graders": {
+            "variety": VARIETY,
+            "judge": {
+                "type": "score_model",
+                "name": "judge",
+                "model": BASE,
+                "input": [{"role": "user", "content": "Score 0 to 1: {{sample.output_text}}"}],
+                "sampling_params": {"temperature": 0, "max_completions_tokens": 3},
+            },
+        },
+        "calculate_output": "variety + judge",
+    }
+    job = _create(client, grader=grader, batch_size=10)
+    Worker(services).run(burst=True)
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    events = _events(client, job.id)
+    (metric,) = [e for e in events if e.type == "metrics"]
+    assert 0.0 <= metric.data["train_reward_judge"] <= 1.0
+    # the random tiny model may not write a number (a parse error), but it was reached and answered
+    assert not [e.message for e in events if "model_grader_server_error" in e.message]
