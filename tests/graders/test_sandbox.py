@@ -169,3 +169,16 @@ def test_a_failing_python_grader_gives_reward_zero_and_openais_error_flags():
     errors = result.to_wire(grader)["metadata"]["errors"]
     assert errors["python_grader_runtime_error"] is True and errors["python_grader_server_error"] is False
     assert "ZeroDivisionError" in errors["python_grader_runtime_error_details"]
+
+
+def test_a_protected_directory_inside_the_python_installation_refuses_to_run():
+    import sys
+
+    exposed = SandboxLimits(timeout_seconds=3.0, protected_paths=(sys.prefix + "/openft-home",))
+    outcome = run_python("def grade(sample, item):\n    return 1.0\n", {"output_text": "x"}, {}, exposed)
+    assert outcome.reward is None and "move the openft home" in outcome.server_error
+    elsewhere = SandboxLimits(timeout_seconds=3.0, protected_paths=("/nonexistent/openft-home",))
+    assert (
+        run_python("def grade(sample, item):\n    return 1.0\n", {"output_text": "x"}, {}, elsewhere).reward
+        == 1.0
+    )

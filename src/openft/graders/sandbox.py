@@ -49,6 +49,9 @@ class SandboxLimits:
     timeout_seconds: float = 30.0
     memory_bytes: int = 1024 * 1024 * 1024
     file_bytes: int = 16 * 1024 * 1024
+    # Directories a grader must never read (OPENFT_HOME). Landlock cannot carve a hole into an
+    # allowed tree, so a protected directory inside the Python installation refuses to run at all.
+    protected_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,18 @@ def _read_paths() -> list[str]:
     return sorted({os.path.realpath(p) for p in paths} | paths)
 
 
+def _exposed(protected: tuple[str, ...], read_paths: list[str]) -> str | None:
+    for guarded in protected:
+        real = os.path.realpath(guarded)
+        for allowed in read_paths:
+            if real == allowed or real.startswith(allowed.rstrip("/") + "/"):
+                return (
+                    f"{guarded} lies inside {allowed}, which python graders may read; move the openft home "
+                    "out of the Python installation to use python graders"
+                )
+    return None
+
+
 def _clean_env(home: str) -> dict[str, str]:
     return {
         "PATH": "/usr/bin:/bin",
@@ -105,6 +120,10 @@ def run_python(
     reason = unavailable_reason()
     if reason:
         return PythonOutcome(None, server_error=reason)
+    read_paths = _read_paths()
+    exposed = _exposed(limits.protected_paths, read_paths)
+    if exposed:
+        return PythonOutcome(None, server_error=exposed)
     with tempfile.TemporaryDirectory(prefix="openft-grader-") as workdir:
         payload = {
             "source": source,
@@ -115,7 +134,7 @@ def run_python(
                 "cpu_seconds": max(1, int(limits.timeout_seconds + 0.999)),
                 "file_bytes": int(limits.file_bytes),
             },
-            "allow": {"read": _read_paths(), "write": [workdir]},
+            "allow": {"read": read_paths, "write": [workdir]},
         }
         try:
             data = json.dumps(payload).encode()

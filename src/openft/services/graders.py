@@ -73,6 +73,7 @@ class GraderService:
         return SandboxLimits(
             timeout_seconds=self.settings.python_grader_timeout_seconds,
             memory_bytes=self.settings.python_grader_memory_mb * 1024 * 1024,
+            protected_paths=(str(self.settings.home),),
         )
 
     def run(

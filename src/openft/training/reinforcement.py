@@ -90,6 +90,7 @@ def grading_for(spec: TrainingSpec) -> Grading:
     limits = SandboxLimits(
         timeout_seconds=float(settings.get("timeout_seconds", 30.0)),
         memory_bytes=int(settings.get("memory_mb", 1024)) * 1024 * 1024,
+        protected_paths=tuple(settings.get("protected_paths", ())),
     )
     return Grading(chat=chat, sandbox=limits, concurrency=int(settings.get("concurrency", 4)))
 

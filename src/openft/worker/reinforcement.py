@@ -28,6 +28,7 @@ def spec_fields(services, job) -> dict[str, Any]:
         "timeout_seconds": settings.python_grader_timeout_seconds,
         "memory_mb": settings.python_grader_memory_mb,
         "concurrency": settings.grader_concurrency,
+        "protected_paths": [str(settings.home)],
     }
     if settings.grader_base_url:
         grading["external_base_url"] = settings.grader_base_url
