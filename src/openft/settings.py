@@ -70,6 +70,12 @@ class Settings:
     mlflow_tracking_uri: str | None = None
     # /metrics: when set, scrapes must send ``Authorization: Bearer <token>``
     metrics_token: str | None = None
+    # Graders (reinforcement fine-tuning and /v1/fine_tuning/alpha/graders)
+    grader_base_url: str | None = None  # an OpenAI-compatible endpoint for score/label model graders
+    grader_api_key: str | None = None
+    python_grader_timeout_seconds: float = 30.0
+    python_grader_memory_mb: int = 1024
+    grader_concurrency: int = 4
 
     @property
     def files_dir(self) -> Path:
@@ -143,6 +149,16 @@ class Settings:
             values["gpus"] = env["OPENFT_GPUS"]
         if "OPENFT_ORGANIZATION" in env:
             values["default_organization"] = env["OPENFT_ORGANIZATION"]
+        if env.get("OPENFT_GRADER_BASE_URL"):
+            values["grader_base_url"] = env["OPENFT_GRADER_BASE_URL"]
+        if env.get("OPENFT_GRADER_API_KEY"):
+            values["grader_api_key"] = env["OPENFT_GRADER_API_KEY"]
+        if "OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS" in env:
+            values["python_grader_timeout_seconds"] = _float(env, "OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS")
+        if "OPENFT_PYTHON_GRADER_MEMORY_MB" in env:
+            values["python_grader_memory_mb"] = _int(env, "OPENFT_PYTHON_GRADER_MEMORY_MB")
+        if "OPENFT_GRADER_CONCURRENCY" in env:
+            values["grader_concurrency"] = _int(env, "OPENFT_GRADER_CONCURRENCY")
         if env.get("OPENFT_ALLOW_REMOTE_WITHOUT_KEYS", "").lower() in ("1", "true", "yes"):
             values["allow_remote_without_keys"] = True
         if "OPENFT_WEBHOOK_RETRY_SECONDS" in env:
@@ -221,6 +237,12 @@ class Settings:
             raise SettingsError(
                 "OPENFT_SERVING_MAX_BATCH must be at least 1 and OPENFT_SERVING_MAX_QUEUE at least 0."
             )
+        if self.python_grader_timeout_seconds <= 0 or self.python_grader_memory_mb < 64:
+            raise SettingsError(
+                "OPENFT_PYTHON_GRADER_TIMEOUT_SECONDS must be positive and OPENFT_PYTHON_GRADER_MEMORY_MB at least 64."
+            )
+        if self.grader_concurrency < 1:
+            raise SettingsError("OPENFT_GRADER_CONCURRENCY must be at least 1.")
 
 
 def _int(env, key: str) -> int:

@@ -50,6 +50,8 @@ RESPONSE_SCHEMAS: dict[tuple[str, str], str | None] = {
         r"/fine_tuning/checkpoints/.+/permissions/[^/]+",
     ): "DeleteFineTuningCheckpointPermissionResponse",
     ("POST", r"/chat/completions"): "CreateChatCompletionResponse",  # non-streaming calls only
+    ("POST", r"/fine_tuning/alpha/graders/run"): "RunGraderResponse",
+    ("POST", r"/fine_tuning/alpha/graders/validate"): "ValidateGraderResponse",
 }
 
 # Fields the real API sends as null although the 3.1 subset types them as non-nullable (it was
@@ -127,6 +129,18 @@ def _load_spec() -> dict:
                     },
                 },
             },
+        ]
+    }
+    # A multi grader's `graders` is typed as one grader in the subset, but OpenAI's graders guide,
+    # its cookbook and real jobs send a map of variable name -> grader (calculate_output uses the
+    # names); the API reference's own example sends a list. openft echoes the shape it was sent.
+    multi = schemas["GraderMulti"]["properties"]
+    one_grader = multi["graders"]
+    multi["graders"] = {
+        "anyOf": [
+            one_grader,
+            {"type": "array", "items": one_grader},
+            {"type": "object", "additionalProperties": one_grader},
         ]
     }
     return spec

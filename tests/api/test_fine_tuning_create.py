@@ -224,7 +224,70 @@ BAD_REQUESTS = [
         "integrations[0].wandb.tags",
         integrations=[{"type": "wandb", "wandb": {"project": "p", "tags": ["t" * 65]}}],
     ),
-    _bad("method.type", method={"type": "reinforcement", "reinforcement": {"grader": {}}}),
+    _bad(
+        "method.reinforcement.grader.type", method={"type": "reinforcement", "reinforcement": {"grader": {}}}
+    ),
+    _bad("method.reinforcement.grader", method={"type": "reinforcement", "reinforcement": {}}),
+    _bad(
+        "method.reinforcement.grader.operation",
+        method={
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": {
+                    "type": "string_check",
+                    "name": "s",
+                    "input": "{{sample.output_text}}",
+                    "reference": "a",
+                    "operation": "equals",
+                }
+            },
+        },
+    ),
+    _bad(
+        "method.reinforcement.grader.calculate_output",
+        method={
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": {
+                    "type": "multi",
+                    "graders": {
+                        "a": {"type": "string_check", "input": "x", "reference": "x", "operation": "eq"}
+                    },
+                    "calculate_output": "a + b",
+                }
+            },
+        },
+    ),
+    _bad(
+        "method.reinforcement.grader.model",
+        method={
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": {
+                    "type": "score_model",
+                    "name": "judge",
+                    "model": "no-such-model",
+                    "input": [{"role": "user", "content": "Score {{sample.output_text}}"}],
+                }
+            },
+        },
+    ),
+    _bad(
+        "method.reinforcement.hyperparameters.compute_multiplier",
+        method={
+            "type": "reinforcement",
+            "reinforcement": {
+                "grader": {
+                    "type": "string_check",
+                    "name": "s",
+                    "input": "{{sample.output_text}}",
+                    "reference": "a",
+                    "operation": "eq",
+                },
+                "hyperparameters": {"compute_multiplier": 11},
+            },
+        },
+    ),
     _bad("method.type", method={"type": "rlhf"}),
     _bad("method.type", method={}),
     _bad(

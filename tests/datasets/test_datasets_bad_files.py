@@ -460,4 +460,4 @@ def test_validate_counts_every_error_but_keeps_only_the_first_hundred(write_json
 
 def test_validate_unknown_method_is_refused_as_a_caller_bug(write_jsonl):
     with pytest.raises(ValueError, match="method must be one of"):
-        validate_file(write_jsonl(GOOD), method="reinforcement")
+        validate_file(write_jsonl(GOOD), method="rlhf")

@@ -17,6 +17,7 @@ from openft.api import (
     errors,
     files,
     fine_tuning,
+    graders,
     metrics,
     models,
     sweeper,
@@ -35,6 +36,7 @@ ROUTERS: list[APIRouter] = [
     uploads.router,
     fine_tuning.router,
     checkpoint_permissions.router,
+    graders.router,
     models.router,
 ]
 

@@ -76,7 +76,12 @@ def describe_plan(n_examples: int, method: str, billable_tokens: int | None) -> 
 
 @click.command("validate")
 @click.argument("path", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--method", type=click.Choice(["supervised", "dpo"]), default="supervised", show_default=True)
+@click.option(
+    "--method",
+    type=click.Choice(["supervised", "dpo", "reinforcement"]),
+    default="supervised",
+    show_default=True,
+)
 @click.option(
     "--model",
     help="Base model whose tokenizer counts tokens: a configured name or alias, a local Hugging Face "

@@ -16,18 +16,29 @@ from typing import Any, Literal
 from openft.datasets import problems as p
 from openft.datasets.messages import check_functions, check_message, check_messages, check_tools
 from openft.datasets.problems import ExampleFindings, json_type
+from openft.datasets.reinforcement import check_reinforcement
 
-Format = Literal["chat", "preference", "completion"]
-Method = Literal["supervised", "dpo"]
+Format = Literal["chat", "preference", "completion", "reinforcement"]
+Method = Literal["supervised", "dpo", "reinforcement"]
 
 # OpenAI names the chat format "fine-tune-chat"; the other two names follow the same pattern.
 FORMAT_NAMES: dict[str, str] = {
     "chat": "fine-tune-chat",
     "preference": "fine-tune-preference",
     "completion": "fine-tune-completion",
+    "reinforcement": "fine-tune-reinforcement",
 }
-METHOD_FORMATS: dict[str, tuple[str, ...]] = {"supervised": ("chat", "completion"), "dpo": ("preference",)}
-FORMAT_METHOD: dict[str, str] = {"chat": "supervised", "completion": "supervised", "preference": "dpo"}
+METHOD_FORMATS: dict[str, tuple[str, ...]] = {
+    "supervised": ("chat", "completion"),
+    "dpo": ("preference",),
+    "reinforcement": ("reinforcement",),
+}
+FORMAT_METHOD: dict[str, str] = {
+    "chat": "supervised",
+    "completion": "supervised",
+    "preference": "dpo",
+    "reinforcement": "reinforcement",
+}
 
 _OUTPUT_SPELLINGS = (
     ("preferred_output", "non_preferred_output"),
@@ -37,9 +48,10 @@ _OUTPUT_KEYS = frozenset(key for pair in _OUTPUT_SPELLINGS for key in pair)
 _CHAT_KEYS = frozenset({"messages", "tools", "parallel_tool_calls", "functions"})
 
 
-def detect_format(example: dict) -> Format | None:
+def detect_format(example: dict, method: str | None = None) -> Format | None:
     if "messages" in example:
-        return "chat"
+        # The same key starts a chat example and an RFT prompt; the job's method tells them apart.
+        return "reinforcement" if method == "reinforcement" else "chat"
     if "input" in example or not _OUTPUT_KEYS.isdisjoint(example):
         return "preference"
     if "prompt" in example or "completion" in example:
@@ -73,6 +85,8 @@ def check_example(example: dict, fmt: Format, found: ExampleFindings) -> dict | 
         return _check_chat(example, found)
     if fmt == "preference":
         return _check_preference(example, found)
+    if fmt == "reinforcement":
+        return check_reinforcement(example, found)
     return _check_completion(example, found)
 
 

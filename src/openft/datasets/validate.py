@@ -187,7 +187,7 @@ def _scan(stream: BinaryIO, *, method: str, max_line_bytes: int) -> Iterator[_Ev
         if line.value is None:
             yield _Event(line.number, None, line.errors, line.warnings, size=line.size)
             continue
-        fmt = detect_format(line.value)
+        fmt = detect_format(line.value, method)
         found = ExampleFindings(line.number, warnings=list(line.warnings))
         if fmt is None:
             found.error(describe_unknown_format(line.value), kind=p.FORMAT)

@@ -56,9 +56,13 @@ MAX_DEVICES = 64
 FINE_TUNING_TYPES = ("lora", "qlora", "full")
 # The types whose trained weights are a LoRA adapter over an unchanged base.
 ADAPTER_TYPES = ("lora", "qlora")
+# Reinforcement: OpenAI's RFT keys, then openft's rollout extensions (see domain/reinforcement.py).
+RFT_OPENAI_KEYS = ("reasoning_effort", "compute_multiplier", "eval_interval", "eval_samples")
+RFT_EXTENSION_KEYS = ("group_size", "max_completion_tokens", "temperature", "beta")
 METHOD_KEYS: dict[str, tuple[str, ...]] = {
     "supervised": OPENAI_KEYS + EXTENSION_KEYS,
     "dpo": OPENAI_KEYS + ("beta",) + EXTENSION_KEYS,
+    "reinforcement": OPENAI_KEYS + RFT_OPENAI_KEYS + RFT_EXTENSION_KEYS + EXTENSION_KEYS,
 }
 
 
@@ -108,7 +112,11 @@ def check(method: str, hyperparameters: dict[str, Any], param_prefix: str) -> di
             f"most {MAX_LEARNING_RATE_MULTIPLIER} (it multiplies a base rate of about 2e-4).",
             p("learning_rate_multiplier"),
         )
-    if "beta" in hp:
+    if method == "reinforcement":
+        from openft.domain.reinforcement import check_reinforcement
+
+        check_reinforcement(hp, p)
+    elif "beta" in hp:
         beta = hp["beta"]
         if beta != AUTO and not (_is_number(beta) and 0 < beta <= 2):
             raise HyperparameterError(
@@ -184,7 +192,9 @@ def resolve_n_devices(hp: dict[str, Any], model: ModelFacts) -> int:
     return 1
 
 
-def resolve(method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts) -> dict[str, Any]:
+def resolve(
+    method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts, n_validation: int | None = None
+) -> dict[str, Any]:
     """Replace every ``"auto"`` with a concrete value, except ``gradient_checkpointing``, which the
     memory plan decides once the rest is known (``resolve_gradient_checkpointing``). ``hp`` must have
     passed ``check``."""
@@ -208,6 +218,10 @@ def resolve(method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts)
     pick("n_devices", resolve_n_devices(out, model))
     for key in ("n_epochs", "batch_size", "lora_rank", "max_seq_length", "n_devices"):
         out[key] = int(out[key])
+    if method == "reinforcement":
+        from openft.domain.reinforcement import resolve_reinforcement
+
+        resolve_reinforcement(out, total_steps(n_examples, out["batch_size"], out["n_epochs"]), n_validation)
     return out
 
 
@@ -222,6 +236,8 @@ def resolve_gradient_checkpointing(hp: dict[str, Any], needed: bool) -> dict[str
 def base_learning_rate(method: str, fine_tuning_type: str) -> float:
     """The rate that ``learning_rate_multiplier`` scales: LoRA tolerates (and needs) a far higher
     rate than updating every weight; DPO moves more gently than SFT."""
+    if method == "reinforcement":
+        return 2e-5 if fine_tuning_type in ADAPTER_TYPES else 1e-6
     if fine_tuning_type in ADAPTER_TYPES:
         return 2e-4 if method == "supervised" else 5e-5
     return 2e-5 if method == "supervised" else 5e-6

@@ -9,6 +9,7 @@ from openft.services.auth import AuthService
 from openft.services.checkpoint_permissions import CheckpointPermissionService
 from openft.services.files import FileService
 from openft.services.fine_tuning import FineTuningService
+from openft.services.graders import GraderService
 from openft.services.job_runtime import JobRuntime
 from openft.services.models import ModelService
 from openft.services.operator_metrics import OperatorMetricsService
@@ -71,6 +72,7 @@ class Services:
     operator_metrics = service(OperatorMetricsService)
     storage = service(StorageService)
     workers = service(WorkerRegistry)
+    graders = service(GraderService)
 
     @classmethod
     def build(cls, settings: Settings) -> Services:

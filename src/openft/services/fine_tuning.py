@@ -104,6 +104,12 @@ class FineTuningService:
                 "unquantised base) or 'full'.",
                 param=_hyperparameter_param(method, method_type, "fine_tuning_type"),
             )
+        grader = None
+        if method_type == "reinforcement":
+            # _check_method made sure method.reinforcement is an object with a grader
+            grader = self.services.graders.validate(
+                scope, method["reinforcement"]["grader"], "method.reinforcement.grader"
+            ).wire
 
         job_id = ids.job_id()
         row = JobRow(
@@ -121,6 +127,7 @@ class FineTuningService:
             seed=seed,
             method_type=method_type,
             hyperparameters=hp,
+            grader=grader,
             integrations=integrations,
             job_metadata=metadata,
             result_files=[],
@@ -451,19 +458,21 @@ def _check_method(method: Any, top_level: Any) -> tuple[str, dict[str, Any]]:
     if not isinstance(method, dict):
         raise InvalidRequestError("method must be an object with a 'type'.", param="method")
     method_type = method.get("type")
-    if method_type == "reinforcement":
-        raise InvalidRequestError(
-            "Reinforcement fine-tuning is not supported yet by this server. Use method type 'supervised' or 'dpo'.",
-            param="method.type",
-        )
     if method_type not in hp_rules.METHOD_KEYS:
         raise InvalidRequestError(
-            f"Invalid method.type {method_type!r}: expected 'supervised' or 'dpo'.", param="method.type"
+            f"Invalid method.type {method_type!r}: expected 'supervised', 'dpo' or 'reinforcement'.",
+            param="method.type",
         )
     prefix = f"method.{method_type}"
     config = method.get(method_type) or {}
     if not isinstance(config, dict):
         raise InvalidRequestError(f"{prefix} must be an object.", param=prefix)
+    if method_type == "reinforcement" and config.get("grader") is None:
+        raise InvalidRequestError(
+            "method.reinforcement.grader is required: the grader that scores each sampled answer "
+            "(string_check, text_similarity, python, score_model or multi).",
+            param="method.reinforcement.grader",
+        )
     given = config.get("hyperparameters") or {}
     if not isinstance(given, dict):
         raise InvalidRequestError(

@@ -59,6 +59,7 @@ class JobSnapshot:
     stats: dict[str, Any] | None
     attempts: int
     created_at: int
+    grader: dict[str, Any] | None = None  # reinforcement jobs
     project_id: str | None = None
 
     @property
@@ -85,6 +86,7 @@ class JobSnapshot:
             attempts=row.attempts,
             created_at=row.created_at,
             project_id=row.project_id,
+            grader=dict(row.grader) if row.grader is not None else None,
         )
 
 
@@ -100,7 +102,13 @@ class Claim:
 
 
 def metrics_message(step: int, total_steps: int, data: dict[str, Any]) -> str:
-    """OpenAI's wording: ``Step 3/30: training loss=1.23, validation loss=1.40``."""
+    """OpenAI's wording: ``Step 3/30: training loss=1.23, validation loss=1.40``; reinforcement jobs
+    report rewards: ``Step 3/30: training reward=0.42, validation reward=0.50``."""
+    if "train_reward_mean" in data:
+        message = f"Step {step}/{total_steps}: training reward={float(data['train_reward_mean']):.2f}"
+        if data.get("valid_reward_mean") is not None:
+            message += f", validation reward={float(data['valid_reward_mean']):.2f}"
+        return message
     message = f"Step {step}/{total_steps}: training loss={float(data.get('train_loss', float('nan'))):.2f}"
     if data.get("valid_loss") is not None:
         message += f", validation loss={float(data['valid_loss']):.2f}"

@@ -112,6 +112,8 @@ class JobRow(Base):
     method_type: Mapped[str] = mapped_column(String(32))
     # method hyperparameters including openft's extensions; "auto" until validation resolves them
     hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # reinforcement jobs: the grader object as validated at create (OpenAI's shape, known fields only)
+    grader: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     integrations: Mapped[list[Any]] = mapped_column(JSON, default=list)
     job_metadata: Mapped[dict[str, Any] | None] = mapped_column("metadata", JSON)
     error_code: Mapped[str | None] = mapped_column(String(64))

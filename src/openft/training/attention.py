@@ -16,8 +16,9 @@ Both are linear in L in memory and skip the cross-sequence blocks.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -44,6 +45,22 @@ def register() -> None:
 
 def _no_mask(*args: Any, **kwargs: Any) -> None:
     return None
+
+
+@contextlib.contextmanager
+def generation_attention(model: torch.nn.Module) -> Iterator[None]:
+    """Within it, a model loaded with ``PACKED_ATTENTION`` generates with SDPA: ``generate``'s
+    left-padded batches and KV cache need transformers' own masks, which the packed kernel (one row,
+    sequence boundaries) does not take. Other models are left as they are."""
+    config = getattr(model, "config", None)
+    if getattr(config, "_attn_implementation", None) != PACKED_ATTENTION:
+        yield
+        return
+    model.set_attn_implementation("sdpa")
+    try:
+        yield
+    finally:
+        model.set_attn_implementation(PACKED_ATTENTION)
 
 
 def packed_attention(

@@ -146,7 +146,10 @@ def main(argv: list[str] | None = None) -> int:
                 }
             )
             return 1
-        from openft.training.recipe import train
+        if spec.method == "reinforcement":
+            from openft.training.reinforcement import train
+        else:
+            from openft.training.recipe import train
 
         train(spec, reporter)
     except BaseException as exc:  # noqa: BLE001 - every failure must become an error line

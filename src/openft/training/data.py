@@ -22,7 +22,7 @@ from openft.training.labels import (
     template_renders_tools,
 )
 
-Method = Literal["supervised", "dpo"]
+Method = Literal["supervised", "dpo", "reinforcement"]
 
 
 def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
@@ -82,6 +82,11 @@ def tokenize_example(tok: Tokenizing, example: dict[str, Any], method: Method) -
         # Only the final answer is trained: earlier assistant turns of the prompt are context.
         context = [{**m, "weight": 0} if m.get("role") == "assistant" else m for m in prompt]
         return [tok.chat(context + [chosen[-1]], tools), tok.chat(context + [rejected[-1]], tools)]
+    if method == "reinforcement":  # the prompt only: completions are sampled in training
+        from openft.training.rollouts import build_prompt
+
+        prompt = build_prompt(tok, example, max_prompt_tokens=1 << 30)
+        return [TokenizedSequence(prompt.input_ids, [-100] * len(prompt.input_ids))]
     if "messages" in example:
         return [tok.chat(example["messages"], example.get("tools"))]
     return [completion_labels(tok.tokenizer, example["prompt"], example["completion"])]

@@ -150,7 +150,7 @@ class Setup:
     """What a job trains and how, as far as memory is concerned."""
 
     device: DeviceKind
-    method: str = "supervised"  # "supervised" | "dpo"
+    method: str = "supervised"  # "supervised" | "dpo" | "reinforcement"
     fine_tuning_type: str = "lora"  # "lora" | "qlora" | "full"
     lora_rank: int = 16
     lora_targets: str | list[str] = "all-linear"
@@ -202,7 +202,7 @@ def weight_bytes(shape: ModelShape, setup: Setup) -> int:
         weights = 4 * shape.parameters  # fp32: every CPU run, and full fine-tuning's master weights
         if setup.bf16:
             weights += 2 * linear  # autocast's cached bf16 copies for the step
-    if setup.method == "dpo" and setup.fine_tuning_type == "full":
+    if setup.method in ("dpo", "reinforcement") and setup.fine_tuning_type == "full":
         # a frozen reference copy of the base (LoRA's reference is the base with adapters off)
         weights += (2 if setup.device == "cuda" else 4) * shape.parameters
     return weights

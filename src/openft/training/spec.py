@@ -38,7 +38,7 @@ ERROR_WORKER_LOST = "worker_lost"
 @dataclass(frozen=True)
 class TrainingSpec:
     job_id: str
-    method: Literal["supervised", "dpo"]
+    method: Literal["supervised", "dpo", "reinforcement"]
     base_model_path: str  # a local Hugging Face directory (already converted from GGUF if needed)
     training_file: str  # local path to the validated JSONL
     output_dir: str  # checkpoints/, adapter or model/, spec.json and metrics.jsonl go here
@@ -52,7 +52,7 @@ class TrainingSpec:
     lora_dropout: float = 0.0
     lora_target_modules: str | list[str] = "all-linear"
     max_seq_length: int = 2048
-    beta: float | None = None  # DPO only
+    beta: float | None = None  # DPO's beta; for reinforcement the KL penalty's weight
     validation_file: str | None = None
     init_adapter_path: str | None = None  # continue training from an earlier LoRA fine-tune
     warmup_ratio: float = 0.03
@@ -64,6 +64,15 @@ class TrainingSpec:
     n_devices: int = 1
     gradient_checkpointing: bool = False  # recompute each layer in backward (memory plan decides)
     extra: dict[str, Any] = field(default_factory=dict)
+    # reinforcement only (training/reinforcement.py)
+    grader: dict[str, Any] | None = None  # OpenAI's grader object, validated at create
+    group_size: int = 4  # completions sampled per prompt
+    max_completion_tokens: int = 256  # generation budget per completion
+    temperature: float = 1.0  # sampling temperature of the rollouts
+    eval_samples: int = 16  # validation prompts scored every eval_interval_steps
+    # how to grade: {"models": {name: {"base_path", "adapter_path"?, "full_model_path"?}},
+    # "external_base_url"?, "timeout_seconds", "memory_mb", "concurrency"}
+    grading: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

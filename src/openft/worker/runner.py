@@ -145,6 +145,11 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
     if checkpointing == hp_rules.AUTO:
         checkpointing = bool(planned and planned.gradient_checkpointing)
     sizing = {"micro_batch_tokens": planned.micro_batch_tokens} if planned else {}
+    extra = {}
+    if method == "reinforcement":
+        from openft.worker.reinforcement import spec_fields
+
+        extra = spec_fields(services, job)
     return TrainingSpec(
         job_id=job.id,
         method=method,
@@ -163,12 +168,13 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
         lora_dropout=float(hp["lora_dropout"]),
         lora_target_modules=hp["lora_target_modules"],
         max_seq_length=int(hp["max_seq_length"]),
-        beta=float(hp["beta"]) if method == "dpo" else None,
+        beta=float(hp["beta"]) if method in ("dpo", "reinforcement") else None,
         init_adapter_path=init_adapter,
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
         n_devices=int(hp.get("n_devices", 1)),
         gradient_checkpointing=bool(checkpointing),
         **sizing,
+        **extra,
     )
 
 
@@ -179,6 +185,10 @@ def result_csv(metrics_path: Path) -> bytes:
         for line in metrics_path.read_text().splitlines():
             data = json.loads(line)
             rows[int(data["step"])] = data  # a step repeated after a resume: the last run wins
+    if any("train_reward_mean" in data for data in rows.values()):
+        from openft.worker.reinforcement import result_csv as reinforcement_csv
+
+        return reinforcement_csv(rows)
 
     def cell(value) -> str:
         return "" if value is None else f"{float(value):.5f}"
@@ -432,6 +442,8 @@ class TrainingRun:
             trained_tokens = int(stats.get("billable_tokens", 0)) * spec.n_epochs or int(
                 state.result.get("trained_tokens", 0)
             )
+            if spec.method == "reinforcement":  # prompts and sampled completions, as trained on
+                trained_tokens = int(state.result.get("trained_tokens", 0))
             name = runtime.succeed(
                 job.id,
                 gen,

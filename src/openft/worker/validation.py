@@ -163,7 +163,8 @@ def validate_job(
         reports[which] = report
 
     train = reports["training"]
-    resolved = hp_rules.resolve(method, job.hyperparameters, train.n_examples, facts)
+    n_validation = reports["validation"].n_examples if "validation" in reports else None
+    resolved = hp_rules.resolve(method, job.hyperparameters, train.n_examples, facts, n_validation)
     try:
         planned = memory_plan(
             services.settings, model_dir, job.base_model, method, resolved, registry=services.workers
@@ -190,7 +191,11 @@ def validate_job(
                 (
                     "warn",
                     f"{report.n_over_limit} example(s) in the {which} file are longer than {max_tokens} tokens; "
-                    "they will be truncated (tokens are removed from the end).",
+                    + (
+                        "their prompts will lose their start (the end, with the question, is kept)."
+                        if method == "reinforcement"
+                        else "they will be truncated (tokens are removed from the end)."
+                    ),
                 )
             )
         for warning in report.warnings[:3]:

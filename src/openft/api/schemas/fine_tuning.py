@@ -82,10 +82,17 @@ class FineTuningJob(BaseModel):
             validation_file=row.validation_file,
             estimated_finish=row.estimated_finish,
             integrations=list(row.integrations or []),
-            method={"type": row.method_type, row.method_type: {"hyperparameters": dict(row.hyperparameters)}},
+            method=_method(row),
             metadata=row.job_metadata,
             user_provided_suffix=row.suffix,
         )
+
+
+def _method(row: JobRow) -> dict[str, Any]:
+    config: dict[str, Any] = {"hyperparameters": dict(row.hyperparameters)}
+    if row.method_type == "reinforcement":
+        config = {"grader": row.grader, **config, "response_format": None}
+    return {"type": row.method_type, row.method_type: config}
 
 
 class FineTuningJobEvent(BaseModel):
