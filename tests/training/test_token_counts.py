@@ -70,6 +70,23 @@ def test_counts_equal_the_trainers_one_by_one(tiny_model_dir, tmp_path, kind):
     assert list(report.token_counts) == trainer_counts(tokenizer, path, METHOD[kind])
 
 
+def test_reinforcement_prompts_count_the_rendered_prompt_with_its_generation_prompt(tiny_model_dir, tmp_path):
+    tokenizer = tokenizer_of(tiny_model_dir)
+    prompts = [
+        {
+            "messages": [{"role": "user", "content": f"What is {i} + {i}? " * (1 + i % 3)}],
+            "answer": str(2 * i),
+        }
+        for i in range(12)
+    ]
+    path = write_jsonl(tmp_path / "prompts.jsonl", prompts)
+
+    report = counted(tokenizer, path, "reinforcement")
+
+    assert report.n_errors == 0 and report.n_examples == 12
+    assert list(report.token_counts) == trainer_counts(tokenizer, path, "reinforcement")
+
+
 @pytest.mark.parametrize(
     "path_taken",
     [{"_backend": None}, {"_direct": None}],

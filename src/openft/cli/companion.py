@@ -3,9 +3,11 @@
 It lives exactly as long as the API process, however that ends:
 
 - SIGTERM or Ctrl-C: uvicorn shuts down, then the worker is sent SIGTERM and waited for while it
-  drains (its jobs checkpoint and go back to the queue), as ``openft worker`` does. uvicorn re-raises
-  the SIGTERM it caught once it is done; with Python's default handler that kills the process
-  before any ``finally`` runs, so a handler of ours turns it into an exception first.
+  drains (its jobs checkpoint and go back to the queue), as ``openft worker`` does, and the process
+  exits 0. The signal handlers of this module never raise: a signal that arrives at an arbitrary
+  point (an import, the database migration, uvicorn's start-up) only sets ``stop``, which the API
+  run checks before it starts serving and which tells a serving uvicorn to exit. uvicorn replaces
+  them while it runs and, once done, restores them and re-raises what it caught.
 - SIGKILL, or any other death: the kernel sends the worker SIGTERM (``PR_SET_PDEATHSIG``), so it
   drains and exits on its own instead of living on, reparented, and claiming jobs.
 - A second SIGTERM or Ctrl-C while waiting, or a drain longer than ``DRAIN_SECONDS``: the worker is
@@ -19,8 +21,8 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import time
+from collections.abc import Callable, Sequence
 
 from openft.training.launch import die_with_parent
 from openft.worker.runner import STOP_GRACE_SECONDS
@@ -31,36 +33,36 @@ log = logging.getLogger(__name__)
 DRAIN_SECONDS = STOP_GRACE_SECONDS + 60.0
 
 
-class Stopping(Exception):
-    """SIGTERM reached this process."""
+def run_beside_worker(args: Sequence[str], run: Callable[[threading.Event], None]) -> None:
+    """Run ``openft worker ARGS`` while ``run(stop)`` (the API) runs; SIGTERM or Ctrl-C sets
+    ``stop``, which ``run`` must honour (not start serving, or shut uvicorn down), then the worker
+    drains. A second signal cuts the drain short."""
+    stop, hurry, draining = threading.Event(), threading.Event(), threading.Event()
 
+    def handler(signum, _frame) -> None:
+        if draining.is_set():
+            hurry.set()
+        stop.set()
 
-def _stopping(signum, _frame) -> None:
-    raise Stopping(signal.Signals(signum).name)
-
-
-@contextmanager
-def companion_worker(args: Sequence[str]) -> Iterator[subprocess.Popen]:
-    """Run ``openft worker ARGS`` for the duration of the block; SIGTERM or Ctrl-C ends it quietly."""
-    previous = signal.signal(signal.SIGTERM, _stopping)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "openft.cli.main", "worker", *args],
         stdin=subprocess.DEVNULL,
         preexec_fn=die_with_parent(signal.SIGTERM),
     )
-    stopping = threading.Event()
-    threading.Thread(target=_watch, args=(proc, stopping), name="worker-watch", daemon=True).start()
+    threading.Thread(target=_watch, args=(proc, draining), name="worker-watch", daemon=True).start()
     try:
-        yield proc
-    except (Stopping, KeyboardInterrupt):
-        # uvicorn has shut down; what remains of stopping is the worker's drain, and then exit 0
-        log.info("stopping: the API is down; draining its worker")
+        if not stop.is_set():
+            run(stop)
+        if stop.is_set():
+            log.info("stopping: the API is down; draining its worker")
     finally:
-        stopping.set()
+        draining.set()
         try:
-            stop(proc)
+            stop_worker(proc, hurry)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
 
 def _watch(proc: subprocess.Popen, stopping: threading.Event) -> None:
@@ -75,17 +77,23 @@ def _watch(proc: subprocess.Popen, stopping: threading.Event) -> None:
         )
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM the worker and wait while it drains; kill it on a second signal or after DRAIN_SECONDS."""
+def stop_worker(proc: subprocess.Popen, hurry: threading.Event | None = None) -> None:
+    """SIGTERM the worker and wait while it drains; kill it when ``hurry`` is set (a second signal)
+    or after DRAIN_SECONDS."""
     if proc.poll() is not None:
         return
     proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=DRAIN_SECONDS)
+    hurry = hurry or threading.Event()
+    deadline = time.monotonic() + DRAIN_SECONDS
+    while proc.poll() is None:
+        if hurry.is_set():
+            log.warning("stopping again: killing the worker without waiting for its drain")
+            break
+        if time.monotonic() > deadline:
+            log.warning("the worker did not drain in %ss; killing it", DRAIN_SECONDS)
+            break
+        hurry.wait(0.1)
+    else:
         return
-    except subprocess.TimeoutExpired:
-        log.warning("the worker did not drain in %ss; killing it", DRAIN_SECONDS)
-    except (Stopping, KeyboardInterrupt):
-        log.warning("stopping again: killing the worker without waiting for its drain")
     proc.kill()
     proc.wait()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 
 import click
 
-from openft.cli.companion import companion_worker
+from openft.cli.companion import run_beside_worker
 from openft.settings import LOOPBACK_HOSTS, Settings, SettingsError
 from openft.worker.gpus import GpuOptionError, NvidiaInventory, owned
 
@@ -29,7 +30,8 @@ def _logging() -> None:
     )
 
 
-def _run_api(settings: Settings) -> None:
+def _run_api(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Serve until SIGTERM or Ctrl-C, or until ``stop`` is set (``run_beside_worker`` sets it)."""
     import uvicorn
 
     from openft.api.app import create_app
@@ -54,7 +56,17 @@ def _run_api(settings: Settings) -> None:
         f"{settings.port}/); data under {settings.home}; database {settings.database_url.split('@')[-1]}",
         err=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="info")
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="info"))
+    if stop is not None:
+        if stop.is_set():
+            return
+
+        def exit_on_stop() -> None:
+            stop.wait()
+            server.should_exit = True  # uvicorn checks it at start-up and every tick of its loop
+
+        threading.Thread(target=exit_on_stop, name="api-stop", daemon=True).start()
+    server.run()
 
 
 GPUS_HELP = (
@@ -85,8 +97,7 @@ def serve(host: str | None, port: int | None, gpus: str | None) -> None:
         raise click.UsageError(str(exc)) from None
     settings.home.mkdir(parents=True, exist_ok=True)
     # The worker runs as its own process: training imports torch, the API process must not.
-    with companion_worker(["--gpus", gpus] if gpus is not None else []):
-        _run_api(settings)
+    run_beside_worker(["--gpus", gpus] if gpus is not None else [], lambda stop: _run_api(settings, stop))
 
 
 @click.command()
@@ -106,8 +117,7 @@ def api(host: str | None, port: int | None, validator: bool) -> None:
     if not validator:
         _run_api(settings)
         return
-    with companion_worker(["--validate-only"]):
-        _run_api(settings)
+    run_beside_worker(["--validate-only"], lambda stop: _run_api(settings, stop))
 
 
 @click.command()

@@ -38,7 +38,7 @@ class EngineChatClient:
             raise ChatClientError(f"the grader model {model!r} is not available: {exc.message}") from exc
         try:
             request = parse_chat_request({"model": model, "messages": messages, **params})
-            body = response.completion(model, self.engine.generate(resolved, request, background=False))
+            body = response.completion(model, self.engine.generate(resolved, request))
         except OpenFTError as exc:
             raise ChatClientError(f"the grader model {model!r} could not answer: {exc.message}") from exc
         choice = body["choices"][0]

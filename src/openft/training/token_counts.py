@@ -84,6 +84,12 @@ class TemplateTokenCounter:
                 "rendering the chat template directly differs from apply_chat_template; using the latter"
             )
             self._direct = None
+        if self.method == "reinforcement":
+            # A prompt rendered with the generation prompt (build_prompt): the trainer's own path for
+            # every example; reinforcement files are prompts only, and small beside chat files.
+            if verified is None:
+                verified = sum(len(s) for s in tokenize_example(self.tok, example, self.method))
+            return _Plan((), (), verified, None)
         if "prompt" in example:
             with_special.append(example["prompt"])
             plain.append(example["completion"])
