@@ -17,7 +17,7 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlparse
 
@@ -26,6 +26,7 @@ CHUNK = 1024 * 1024
 PART_BYTES = 8 * 1024 * 1024
 MIN_PART_BYTES = 5 * 1024 * 1024
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
+_NEVER = timedelta(days=1)  # "first seen" of an upload no sweep saw before: after any cutoff
 
 
 class StorageUrlError(ValueError):
@@ -85,17 +86,18 @@ class _Writer:
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
 
-    def feed(self, chunk: bytes) -> bytes | None:
-        """Take a chunk; return a full part to send, if one is ready."""
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """Take a chunk; return the full parts (PART_BYTES each) now ready to send."""
         self.size += len(chunk)
         if self.limit is not None and self.size > self.limit:
             raise self.too_large(self.limit)
         self.digest.update(chunk)
         self.buffer += chunk
-        if len(self.buffer) < PART_BYTES:
-            return None
-        part, self.buffer = bytes(self.buffer), bytearray()
-        return part
+        ready = []
+        while len(self.buffer) >= PART_BYTES:
+            ready.append(bytes(self.buffer[:PART_BYTES]))
+            del self.buffer[:PART_BYTES]
+        return ready
 
     def send(self, part: bytes) -> None:
         client = self.bucket.client
@@ -158,6 +160,7 @@ class S3Bucket:
         self.client = client
         self.name = location.bucket
         self.prefix = location.prefix
+        self._uploads_seen: dict[str, datetime] = {}  # multipart upload id -> when a sweep first saw it
 
     def key(self, name: str) -> str:
         return self.prefix + name
@@ -189,7 +192,7 @@ class S3Bucket:
         writer = _Writer(self, name, limit, too_large)
         try:
             for chunk in chunks:
-                if (part := writer.feed(chunk)) is not None:
+                for part in writer.feed(chunk):
                     writer.send(part)
             return writer.finish()
         except BaseException:
@@ -208,7 +211,7 @@ class S3Bucket:
         writer = _Writer(self, name, limit, too_large)
         try:
             async for chunk in chunks:
-                if (part := writer.feed(chunk)) is not None:
+                for part in writer.feed(chunk):
                     await asyncio.to_thread(writer.send, part)
             return await asyncio.to_thread(writer.finish)
         except BaseException:
@@ -233,8 +236,9 @@ class S3Bucket:
                     if server_side:
                         writer.size += len(chunk)
                         writer.digest.update(chunk)
-                    elif (part := writer.feed(chunk)) is not None:
-                        writer.send(part)
+                    else:
+                        for part in writer.feed(chunk):
+                            writer.send(part)
                 if server_side:
                     writer.copy(source)
             return writer.finish()
@@ -308,20 +312,34 @@ class S3Bucket:
         return len(names)
 
     def abort_stale_uploads(self, prefix: str, cutoff: datetime) -> int:
-        """Abort multipart uploads under ``prefix`` started before ``cutoff`` (their writer crashed:
-        a live one finishes within minutes); they hold storage but are never visible."""
+        """Abort multipart uploads under ``prefix`` idle since before ``cutoff``: their writer
+        crashed (a live one sends a part every few seconds). They hold storage, never visible data.
+
+        Idle means started before the cutoff, no part sent since, and already seen by an earlier
+        sweep of this process before the cutoff: some S3 servers report a fixed ``Initiated`` date,
+        and an upload whose first part is still on its way has no part to date it by."""
         paginator = self.client.get_paginator("list_multipart_uploads")
         aborted = 0
+        seen_now: dict[str, datetime] = {}
         for page in paginator.paginate(Bucket=self.name, Prefix=self.key(prefix)):
             for upload in page.get("Uploads", ()):
-                if upload["Initiated"] > cutoff:
+                upload_id = upload["UploadId"]
+                first_seen = self._uploads_seen.get(upload_id, cutoff + _NEVER)
+                seen_now[upload_id] = min(first_seen, datetime.now(UTC))
+                if upload["Initiated"] > cutoff or first_seen > cutoff or self._last_part(upload) > cutoff:
                     continue
                 try:
                     self.client.abort_multipart_upload(
-                        Bucket=self.name, Key=upload["Key"], UploadId=upload["UploadId"]
+                        Bucket=self.name, Key=upload["Key"], UploadId=upload_id
                     )
                 except Exception as exc:
                     if not is_not_found(exc):  # another replica aborted it first
                         raise
+                seen_now.pop(upload_id)
                 aborted += 1
+        self._uploads_seen = seen_now
         return aborted
+
+    def _last_part(self, upload: dict[str, Any]) -> datetime:
+        parts = self.client.list_parts(Bucket=self.name, Key=upload["Key"], UploadId=upload["UploadId"])
+        return max((part["LastModified"] for part in parts.get("Parts", ())), default=upload["Initiated"])
