@@ -3,6 +3,7 @@ thread of the test process (worker processes reach it over HTTP like any S3 endp
 
 from __future__ import annotations
 
+import logging
 import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ def start() -> Iterator[S3Server]:
         from moto.server import ThreadedMotoServer
     except ImportError as exc:
         pytest.skip(f"moto[server] is not installed (pip install -e '.[test]'): {exc}")
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # one line per request otherwise
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
