@@ -1,0 +1,79 @@
+"""A job end to end with an S3 bucket (a real S3-protocol server) and PostgreSQL, through the SDK:
+checkpoints and the model are published to the bucket and named by key, the worker's local copies
+are dropped, chat serves the model through the cache, and deleting the model deletes its objects."""
+
+from __future__ import annotations
+
+import base64
+
+import openai
+import pytest
+from test_training_lifecycle import BASE, _create
+
+from openft.settings import Settings
+from openft.store.artifacts import MANIFEST
+from openft.worker.loop import Worker
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def settings(tmp_path, monkeypatch, tiny_model_dir, postgres_url, s3_storage) -> Settings:
+    home = tmp_path / "openft-home"
+    monkeypatch.setenv("OPENFT_HOME", str(home))
+    return Settings(
+        home=home,
+        database_url=postgres_url,
+        base_models={BASE: str(tiny_model_dir)},
+        lease_seconds=30.0,
+        heartbeat_seconds=1.0,
+        poll_seconds=0.2,
+        **s3_storage,
+    )
+
+
+def _trees(services, job_id: str) -> set[str]:
+    """The complete trees (those with a manifest) the bucket holds for the job."""
+    bucket = services.artifacts.bucket
+    return {
+        name.removeprefix("models/").removesuffix(f"/{MANIFEST}")
+        for name, _, _ in bucket.list(f"models/jobs/{job_id}/")
+        if name.endswith(f"/{MANIFEST}")
+    }
+
+
+def test_a_job_keeps_its_checkpoints_and_model_in_the_bucket(client, services, settings):
+    job = _create(client, n_epochs=3, batch_size=4)
+    assert Worker(services).run(burst=True) == 2
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    checkpoints = list(client.fine_tuning.jobs.checkpoints.list(job.id))
+    assert [c.step_number for c in checkpoints] == [9, 6, 3]
+
+    # The database names keys of the bucket, and the bucket holds exactly those trees: the last
+    # epoch's checkpoint gave way to the final model.
+    final, step6, step3 = (
+        f"jobs/{job.id}/final",
+        f"jobs/{job.id}/checkpoints/step-6",
+        f"jobs/{job.id}/checkpoints/step-3",
+    )
+    assert services.runtime.artifact_keys(job.id) == {final, step6, step3}
+    assert _trees(services, job.id) == {final, step6, step3}
+    out = settings.models_dir / "jobs" / job.id
+    assert not (out / "final").exists() and not (out / "checkpoints").exists()  # the worker's copies
+
+    (result_id,) = job.result_files
+    assert base64.b64decode(client.files.content(result_id).read()).startswith(b"step,train_loss")
+
+    # Chat serves the model and a checkpoint from the bucket, through this machine's cache.
+    question = [{"role": "user", "content": "What is the code word? (ask #0)"}]
+    for name in (job.fine_tuned_model, checkpoints[1].fine_tuned_model_checkpoint):
+        reply = client.chat.completions.create(model=name, messages=question, max_tokens=4, temperature=0)
+        assert reply.model == name and reply.usage.completion_tokens > 0
+        _, local = services.models.resolve_for_inference(job.organization_id, name)
+        assert settings.cache_dir in local.parents
+
+    assert client.models.delete(job.fine_tuned_model).deleted is True
+    assert list(services.artifacts.bucket.list(f"models/jobs/{job.id}/")) == []
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(model=job.fine_tuned_model, messages=question)
