@@ -28,6 +28,7 @@ from openft.store.s3 import CHUNK, S3Bucket
 log = logging.getLogger(__name__)
 
 MANIFEST = "MANIFEST.json"
+MANIFESTS_REMEMBERED = 1024
 _STEP = re.compile(r"^step-(\d+)$")
 
 
@@ -112,6 +113,7 @@ class S3Artifacts:
         self.bucket = bucket
         self.cache = cache
         self.local_root = local_root  # where this machine's training writes trees before publishing
+        self._manifests: dict[str, dict[str, Any]] = {}
 
     def _name(self, key: str) -> str:
         return self.NAMESPACE + check_key(key)
@@ -131,9 +133,17 @@ class S3Artifacts:
         """The tree, complete and checked, in the local cache; ``FileNotFoundError`` if the store
         has no complete tree under ``key``."""
         for attempt in (1, 2):
-            manifest = self.manifest(key)
+            # A tree's manifest is read once per process (a chat request need not ask the bucket):
+            # the database, checked first by every caller, says whether the tree still exists.
+            manifest = self._manifests.get(key) if attempt == 1 else None
             if manifest is None:
+                manifest = self.manifest(key)
+            if manifest is None:
+                self._manifests.pop(key, None)
                 raise FileNotFoundError(f"no complete tree {key!r} in {self.bucket.describe()}")
+            if len(self._manifests) >= MANIFESTS_REMEMBERED:
+                self._manifests.clear()
+            self._manifests[key] = manifest
             upload = manifest["upload"]
             files = {rel: Expected(f["bytes"], f["sha256"]) for rel, f in manifest["files"].items()}
             base = f"{self._name(key)}/{upload}/"
@@ -202,6 +212,7 @@ class S3Artifacts:
                 before_commit()
             manifest = {"key": key, "upload": upload, "files": files, "created_at": int(time.time())}
             self.bucket.put_bytes(f"{name}/{MANIFEST}", json.dumps(manifest, indent=1).encode())
+            self._manifests.pop(key, None)
         except BaseException:
             self.bucket.delete_many(f"{name}/{upload}/{rel}" for rel in files)
             raise
@@ -221,6 +232,7 @@ class S3Artifacts:
         manifest = self.manifest(key)
         self.bucket.delete(f"{name}/{MANIFEST}")
         self.bucket.delete_many(n for n, _, _ in self.bucket.list(f"{name}/"))
+        self._manifests.pop(key, None)
         if manifest is not None:
             self.cache.forget(key, manifest["upload"])
 

@@ -483,14 +483,20 @@ class TrainingRun:
             )
             self._after_end(succeeded=False)
             return
+        if state.requested == "cancel":
+            state.outcome = "cancelled"
+            # the API already moved the job to cancelled; we only give the lease back
+            runtime.finish_stopped(job.id, gen)
+            self._after_end(succeeded=False)
+            return
         # The job will resume, perhaps on another machine: its newest checkpoint goes to the store first.
         self._publish_newest()
         if state.requested == "drain":
             runtime.requeue(job.id, gen, reason="the worker is shutting down")
             return
-        if state.requested in ("cancel", "pause"):
-            state.outcome = "cancelled" if state.requested == "cancel" else "paused"
-            # the API already moved the job to cancelled or paused; we only give the lease back
+        if state.requested == "pause":
+            state.outcome = "paused"
+            # the API already moved the job to paused; we only give the lease back
             runtime.finish_stopped(job.id, gen)
             return
         how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
