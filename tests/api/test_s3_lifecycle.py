@@ -17,14 +17,23 @@ from openft.worker.loop import Worker
 pytestmark = pytest.mark.postgres
 
 
+REMOTE = "tiny-llama-in-a-bucket"
+
+
 @pytest.fixture
-def settings(tmp_path, monkeypatch, tiny_model_dir, postgres_url, s3_storage) -> Settings:
+def settings(tmp_path, monkeypatch, tiny_model_dir, postgres_url, s3_storage, s3) -> Settings:
     home = tmp_path / "openft-home"
     monkeypatch.setenv("OPENFT_HOME", str(home))
+    # The same tiny model once more, kept in a bucket of its own as an operator would upload it.
+    models_bucket = s3.new_bucket()
+    for path in sorted(tiny_model_dir.rglob("*")):
+        if path.is_file():
+            key = f"base/tiny/{path.relative_to(tiny_model_dir).as_posix()}"
+            s3.client().put_object(Bucket=models_bucket, Key=key, Body=path.read_bytes())
     return Settings(
         home=home,
         database_url=postgres_url,
-        base_models={BASE: str(tiny_model_dir)},
+        base_models={BASE: str(tiny_model_dir), REMOTE: f"s3://{models_bucket}/base/tiny"},
         lease_seconds=30.0,
         heartbeat_seconds=1.0,
         poll_seconds=0.2,
@@ -77,3 +86,25 @@ def test_a_job_keeps_its_checkpoints_and_model_in_the_bucket(client, services, s
     assert list(services.artifacts.bucket.list(f"models/jobs/{job.id}/")) == []
     with pytest.raises(openai.NotFoundError):
         client.chat.completions.create(model=job.fine_tuned_model, messages=question)
+
+
+def test_a_base_model_in_a_bucket_is_fetched_into_the_cache_and_serves(client, settings, tiny_model_dir):
+    from openft.training.base_models import BaseModelRegistry
+
+    registry = BaseModelRegistry.from_settings(settings)
+    local = registry.materialize(REMOTE)
+    assert settings.cache_dir in local.parents
+    originals = {
+        p.relative_to(tiny_model_dir): p.read_bytes() for p in tiny_model_dir.rglob("*") if p.is_file()
+    }
+    assert {
+        p.relative_to(local): p.read_bytes() for p in local.rglob("*") if p.is_file() and p.name != ".entry"
+    } == originals
+    inode = (local / "config.json").stat().st_ino
+    assert registry.materialize(REMOTE) == local
+    assert (local / "config.json").stat().st_ino == inode  # the cached copy, not a second download
+
+    question = [{"role": "user", "content": "hello"}]
+    reply = client.chat.completions.create(model=REMOTE, messages=question, max_tokens=3, temperature=0)
+    assert reply.model == REMOTE and reply.usage.completion_tokens > 0
+    assert REMOTE in {m.id for m in client.models.list()}

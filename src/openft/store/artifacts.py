@@ -10,6 +10,7 @@ readers take trees through the local cache, which checks every file against the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -275,3 +276,36 @@ class S3Artifacts:
         # Manifests first: a tree going away stops being complete before its files go.
         doomed.sort(key=lambda n: not n.endswith(f"/{MANIFEST}"))
         return self.bucket.delete_many(doomed)
+
+
+def fetch_model_prefix(bucket: S3Bucket, path: str, cache: LocalCache) -> Path:
+    """A model kept in a bucket by its operator, in the local cache: the Hugging Face directory under
+    ``path/`` (returned as a directory), or the single ``.gguf`` object ``path`` (returned as a file).
+
+    Nothing recorded a sha256 for these objects: each file is checked against its size and, for an
+    object stored in one piece, the MD5 that S3 reports as its ETag. A changed object (new size or
+    ETag) is a new cache entry."""
+    path = path.strip("/")
+    listed: dict[str, tuple[int, str]] = {}
+    paginator = bucket.client.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket.name, Prefix=bucket.key(f"{path}/")):
+        for item in page.get("Contents", ()):
+            rel = item["Key"][len(bucket.key(f"{path}/")) :]
+            if rel and not rel.endswith("/"):
+                listed[rel] = (int(item["Size"]), item["ETag"].strip('"'))
+    single = not listed and path.endswith(".gguf")
+    if single:
+        head = bucket.head(path)
+        if head is not None:
+            listed[path.rsplit("/", 1)[-1]] = (int(head["ContentLength"]), head["ETag"].strip('"'))
+    if not listed:
+        raise FileNotFoundError(f"nothing under s3://{bucket.name}/{bucket.key(path)}: no model there")
+    files = {
+        rel: Expected(size, md5=None if "-" in etag else etag) for rel, (size, etag) in sorted(listed.items())
+    }
+    version = hashlib.sha256(json.dumps(sorted(listed.items())).encode()).hexdigest()[:32]
+    source = (
+        (lambda _: bucket.get_chunks(path)) if single else (lambda rel: bucket.get_chunks(f"{path}/{rel}"))
+    )
+    entry = cache.get(f"s3://{bucket.name}/{bucket.key(path)}", version, files, source)
+    return entry / next(iter(files)) if single else entry

@@ -34,10 +34,12 @@ class CacheIntegrityError(OSError):
 
 @dataclass(frozen=True)
 class Expected:
-    """What a file must be: recorded at write time."""
+    """What a file must be, as recorded when it was written: its size, and its sha256 (what openft
+    records) or MD5 (what S3 reports as the ETag of an object it stored in one piece)."""
 
     bytes: int
-    sha256: str
+    sha256: str | None = None
+    md5: str | None = None
 
 
 def entry_name(key: str, version: str) -> str:
@@ -95,15 +97,23 @@ class LocalCache:
                 target = temp / name
                 target.parent.mkdir(parents=True, exist_ok=True)
                 digest, size = hashlib.sha256(), 0
+                md5 = hashlib.md5(usedforsecurity=False) if want.md5 else None
                 with open(target, "wb") as out:
                     for chunk in download(name):
                         digest.update(chunk)
+                        if md5 is not None:
+                            md5.update(chunk)
                         size += len(chunk)
                         out.write(chunk)
-                if size != want.bytes or digest.hexdigest() != want.sha256:
+                wrong = (
+                    size != want.bytes
+                    or (want.sha256 is not None and digest.hexdigest() != want.sha256)
+                    or (md5 is not None and md5.hexdigest() != want.md5)
+                )
+                if wrong:
                     raise CacheIntegrityError(
                         f"{key}/{name}: downloaded {size} bytes with sha256 {digest.hexdigest()}, but the "
-                        f"store recorded {want.bytes} bytes with sha256 {want.sha256}"
+                        f"store recorded {want.bytes} bytes with sha256 {want.sha256} (md5 {want.md5})"
                     )
             total = sum(want.bytes for want in files.values())
             (temp / RECORD).write_text(json.dumps({"key": key, "version": version, "bytes": total}))
