@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 import time
 
 import openai
@@ -137,3 +138,41 @@ def test_a_bucket_that_does_not_exist_fails_at_start_up_naming_it(settings):
     missing = settings.with_(storage_url="s3://openft-no-such-bucket/x")
     with pytest.raises(StorageUrlError, match="openft-no-such-bucket"):
         Services.build(missing)
+
+
+def test_two_replicas_sweeping_one_bucket_at_once_remove_each_thing_once(client, services, settings, s3):
+    expiring = {"anchor": "created_at", "seconds": 3600}
+    files = [
+        client.files.create(file=(f"{i}.txt", b"x" * 10), purpose="user_data", expires_after=expiring)
+        for i in range(4)
+    ]
+    for _ in range(4):
+        upload = client.uploads.create(bytes=8, filename="u.bin", mime_type="x", purpose="user_data")
+        client.uploads.parts.create(upload.id, data=b"half")
+    bucket, prefix = _bucket(settings)
+    for i in range(4):
+        s3.client().put_object(Bucket=bucket, Key=f"{prefix}files/file-orphan{i}", Body=b"no row")
+    later = time.time() + 2 * 3600
+    other = Services.build(settings)  # a second API replica: same database, same bucket
+    try:
+        reports = []
+        start = threading.Barrier(2)
+
+        def sweep(replica: Services) -> None:
+            start.wait()
+            reports.append(replica.storage.sweep(now=later))
+
+        threads = [threading.Thread(target=sweep, args=(replica,)) for replica in (services, other)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        other.close()
+    assert len(reports) == 2
+    assert sum(r.expired_uploads for r in reports) == 4
+    assert sum(r.upload_parts for r in reports) == 4
+    assert sum(r.expired_files for r in reports) == len(files)
+    # An orphan both replicas saw is deleted by both (S3 deletes are idempotent); each is gone.
+    assert 4 <= sum(r.orphan_blobs for r in reports) <= 8
+    assert _objects(s3, settings) == {}
