@@ -8,8 +8,9 @@ import base64
 
 import openai
 import pytest
-from test_training_lifecycle import BASE, _create
+from test_training_lifecycle import BASE, _create, _InterposingLauncher, _metrics_steps
 
+from openft.services.context import Services
 from openft.settings import Settings
 from openft.store.artifacts import MANIFEST
 from openft.worker.loop import Worker
@@ -108,3 +109,34 @@ def test_a_base_model_in_a_bucket_is_fetched_into_the_cache_and_serves(client, s
     reply = client.chat.completions.create(model=REMOTE, messages=question, max_tokens=3, temperature=0)
     assert reply.model == REMOTE and reply.usage.completion_tokens > 0
     assert REMOTE in {m.id for m in client.models.list()}
+
+
+def test_a_paused_job_resumes_on_another_machine_from_the_bucket(client, services, settings, tmp_path):
+    job = _create(client, n_epochs=2, batch_size=2)
+    paused: list[str] = []
+
+    def pause_at_step_two(line: dict) -> None:
+        if line.get("type") == "metrics" and line["step"] == 2 and not paused:
+            paused.append(client.fine_tuning.jobs.pause(job.id).status)
+
+    # Machine A: its own OPENFT_HOME (disk and cache); same database and bucket.
+    machine_a = Services.build(settings.with_(home=tmp_path / "machine-a"))
+    try:
+        Worker(machine_a, launcher=_InterposingLauncher(pause_at_step_two)).run(burst=True)
+    finally:
+        machine_a.close()
+    assert paused == ["paused"]
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    step, _ = services.artifacts.latest_checkpoint(job.id)
+    assert step == max(_metrics_steps(client, job.id)) >= 2  # the pause's checkpoint is in the bucket
+
+    # Machine B (this one): nothing of the job on disk; it resumes from the bucket.
+    assert not (settings.models_dir / "jobs" / job.id).exists()
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    Worker(services).run(burst=True)
+    job = client.fine_tuning.jobs.retrieve(job.id)
+    assert job.status == "succeeded", job.error
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
+    assert f"Resuming from the checkpoint at step {step}" in messages
+    steps = _metrics_steps(client, job.id)
+    assert sorted(steps) == list(range(1, 13))  # every step once: none lost, none repeated

@@ -394,10 +394,13 @@ class TrainingRun:
                 self.integrations.metrics(step, data)
         elif kind == "checkpoint":
             if line.get("epoch") is not None:
+                assert self.sync is not None
                 # In the store before the database names it (write, then register).
-                key = self.sync.publish_checkpoint(Path(line["path"])) if self.sync else line["path"]
-                name = self.runtime.record_checkpoint(
-                    job.id, gen, step=int(line["step"]), metrics=line.get("metrics") or {}, path=key
+                name = self.sync.publish_checkpoint(
+                    Path(line["path"]),
+                    lambda key: self.runtime.record_checkpoint(
+                        job.id, gen, step=int(line["step"]), metrics=line.get("metrics") or {}, path=key
+                    ),
                 )
                 if self.integrations is not None:
                     self.integrations.checkpoint(int(line["step"]), name)

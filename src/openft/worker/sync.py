@@ -13,6 +13,7 @@ import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from openft.store.artifacts import Artifacts
 
@@ -22,6 +23,7 @@ log = logging.getLogger(__name__)
 COMPLETE_MARKER = "COMPLETE"
 STATE_FILE = "state.pt"
 _STEP = re.compile(r"^step-(\d+)$")
+T = TypeVar("T")
 
 
 def local_checkpoints(out: Path) -> dict[int, Path]:
@@ -91,18 +93,20 @@ class ArtifactSync:
 
     # -- while it runs ---------------------------------------------------------------------------
 
-    def publish_checkpoint(self, path: Path) -> str:
-        """Publish one complete checkpoint (once) and prune the store's obsolete ones; its key."""
+    def publish_checkpoint(self, path: Path, register: Callable[[str], T] | None = None) -> T | None:
+        """Publish one complete checkpoint (once), then ``register(key)`` (the database names it),
+        then prune the store's obsolete ones, all under one lock: a prune in between would see the
+        checkpoint neither named nor newest and delete it. Returns what ``register`` returned."""
         key = self.key(path)
-        if not self.remote:
-            return key
         step = int(path.name.removeprefix("step-"))
         with self._lock:
-            if step not in self.published:
+            if self.remote and step not in self.published:
                 self.artifacts.publish(path, key, before_commit=self.fenced)
                 self.published.add(step)
+            registered = register(key) if register is not None else None
+            if self.remote:
                 self.artifacts.prune_checkpoints(self.job_id, self.referenced())
-        return key
+        return registered
 
     def publish_newest(self) -> None:
         """Publish the newest complete local checkpoint if the store lacks it (older ones are no
