@@ -129,6 +129,8 @@ def test_a_paused_job_resumes_on_another_machine_from_the_bucket(client, service
     assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
     step, _ = services.artifacts.latest_checkpoint(job.id)
     assert step == max(_metrics_steps(client, job.id)) >= 2  # the pause's checkpoint is in the bucket
+    # ... and machine A kept no copy: a job's scratch does not outlive its run there.
+    assert not (tmp_path / "machine-a" / "models" / "jobs" / job.id / "checkpoints").exists()
 
     # Machine B (this one): nothing of the job on disk; it resumes from the bucket.
     assert not (settings.models_dir / "jobs" / job.id).exists()

@@ -492,7 +492,8 @@ class TrainingRun:
             runtime.finish_stopped(job.id, gen)
             self._after_end(succeeded=False)
             return
-        # The job will resume, perhaps on another machine: its newest checkpoint goes to the store first.
+        # The job will resume, perhaps on another machine: its newest checkpoint goes to the store
+        # first, before the job can be claimed again.
         self._publish_newest()
         if state.requested == "drain":
             runtime.requeue(job.id, gen, reason="the worker is shutting down")
@@ -529,7 +530,7 @@ class TrainingRun:
         if self.sync is None or (self.keeper is not None and self.keeper.lost.is_set()):
             return
         try:
-            self.sync.publish_newest()
+            self.sync.hand_over()
         except LeaseLost:
             pass
         except Exception:  # the job resumes from the last checkpoint the store has

@@ -152,6 +152,17 @@ class ArtifactSync:
             with self._lock:
                 self.artifacts.prune_checkpoints(self.job_id, self.referenced(), keep_latest=False)
 
+    def hand_over(self) -> None:
+        """The job leaves this machine (requeued or paused; the lease still held): publish its
+        newest checkpoint, and once the store has it free the local copies. A resume anywhere, here
+        included, fetches it through the bounded cache: no job's scratch outlives its run here."""
+        if not self.remote:
+            return
+        self.publish_newest()
+        local = local_checkpoints(self.out)
+        if not local or max(local) in self.published:
+            self.clean_local()
+
     def clean_local(self) -> None:
         """Once the job has ended and its trees are in the store, free this machine's disk."""
         if self.remote:
