@@ -129,6 +129,21 @@ def test_the_sweep_removes_orphan_objects_and_abandoned_multipart_uploads(client
     assert client.files.content(kept.id).content == b"kept"
 
 
+def test_storage_settings_are_read_from_the_environment():
+    settings = Settings.from_env(
+        {
+            "OPENFT_HOME": "home",
+            "OPENFT_STORAGE_URL": "s3://acme/openft/prod",
+            "OPENFT_S3_ENDPOINT_URL": "http://minio:9000",
+            "OPENFT_CACHE_MAX_GIB": "1.5",
+        }
+    )
+    assert (settings.storage_url, settings.s3_endpoint_url) == ("s3://acme/openft/prod", "http://minio:9000")
+    assert settings.cache_max_bytes == 3 * 1024**3 // 2
+    assert settings.cache_dir == settings.home / "cache"
+    assert Settings.from_env({"OPENFT_HOME": "home"}).storage_url is None
+
+
 def test_a_bad_storage_url_is_refused_when_settings_are_read():
     with pytest.raises(SettingsError, match="s3://bucket"):
         Settings.from_env({"OPENFT_HOME": "home", "OPENFT_STORAGE_URL": "https://bucket/prefix"})
