@@ -179,3 +179,14 @@ def test_manifest_is_the_last_object_a_publish_writes(artifacts, bucket, tmp_pat
     local = _tree(tmp_path / "models/jobs/ftjob-1/final", {"a": b"1", "b/c": b"2"})
     artifacts.publish(local, "jobs/ftjob-1/final")
     assert order[-1] == f"models/jobs/ftjob-1/final/{MANIFEST}" and len(order) == 3
+
+
+def test_a_writer_cuts_parts_that_grow_so_any_size_fits_in_s3s_ten_thousand_parts(monkeypatch):
+    from openft.store import s3
+
+    monkeypatch.setattr(s3, "PART_BYTES", 10)
+    monkeypatch.setattr(s3, "PARTS_PER_SIZE", 2)
+    writer = s3._Writer(S3Bucket(None, S3Location("b", "")), "x", None, ValueError)  # feeding sends nothing
+    parts = writer.feed(b"a" * 95)
+    assert [len(p) for p in parts] == [10, 10, 20, 20, 30]
+    assert len(writer.buffer) == 5 and writer.size == 95

@@ -22,9 +22,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 CHUNK = 1024 * 1024
-# What one writer holds in memory at most: one part. S3 refuses parts under 5 MiB (but the last).
+# What one writer holds in memory: one part. S3 refuses parts under 5 MiB (but the last) or over
+# 5 GiB, and more than 10,000 parts in an object: each thousand parts, the part size grows by 8 MiB
+# (about 440 GB in 10,000 parts, at most 80 MiB held).
 PART_BYTES = 8 * 1024 * 1024
+PARTS_PER_SIZE = 1000
 MIN_PART_BYTES = 5 * 1024 * 1024
+MAX_COPY_PART_BYTES = 5 * 1024**3
 _NOT_FOUND = {"NoSuchKey", "404", "NotFound", "NoSuchUpload"}
 _NEVER = timedelta(days=1)  # "first seen" of an upload no sweep saw before: after any cutoff
 
@@ -83,6 +87,7 @@ class _Writer:
         self.size = 0
         self.digest = hashlib.sha256()
         self.buffer = bytearray()
+        self.cut = 0  # parts cut from the buffer so far
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
 
@@ -94,9 +99,10 @@ class _Writer:
         self.digest.update(chunk)
         self.buffer += chunk
         ready = []
-        while len(self.buffer) >= PART_BYTES:
-            ready.append(bytes(self.buffer[:PART_BYTES]))
-            del self.buffer[:PART_BYTES]
+        while len(self.buffer) >= (size := PART_BYTES * (1 + self.cut // PARTS_PER_SIZE)):
+            ready.append(bytes(self.buffer[:size]))
+            del self.buffer[:size]
+            self.cut += 1
         return ready
 
     def send(self, part: bytes) -> None:
@@ -227,7 +233,11 @@ class S3Bucket:
         """Object ``name`` made of ``sources`` (name, size) in order; every byte passes through
         ``observe`` once. Parts of at least 5 MiB (all but the last) are copied inside S3, the bytes
         only read for the checksums; smaller ones are streamed through into new parts."""
-        server_side = len(sources) > 1 and all(size >= MIN_PART_BYTES for _, size in sources[:-1])
+        server_side = (
+            1 < len(sources) <= 10_000
+            and all(size >= MIN_PART_BYTES for _, size in sources[:-1])
+            and all(size <= MAX_COPY_PART_BYTES for _, size in sources)
+        )
         writer = _Writer(self, name, None, ValueError)
         try:
             for source, _ in sources:
