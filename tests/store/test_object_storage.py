@@ -149,8 +149,9 @@ def test_the_cache_evicts_the_least_recently_used_entries_past_its_size(tmp_path
         return cache.get(name, "v1", {"data": _expect(blobs[name])}, download)
 
     a = get("a")
-    get("b")
-    os.utime(a / ".entry", (1, 1))  # b used after a
+    b = get("b")
+    os.utime(a / ".entry", (1000, 1000))  # a used long ago, b after it (both beyond "in use")
+    os.utime(b / ".entry", (2000, 2000))
     get("c")  # 3000 bytes > 2500: the least recently used (a) goes
     assert not a.exists()
     assert get("b").joinpath("data").read_bytes() == blobs["b"]
@@ -190,3 +191,13 @@ def test_a_writer_cuts_parts_that_grow_so_any_size_fits_in_s3s_ten_thousand_part
     parts = writer.feed(b"a" * 95)
     assert [len(p) for p in parts] == [10, 10, 20, 20, 30]
     assert len(writer.buffer) == 5 and writer.size == 95
+
+
+def test_the_cache_keeps_entries_used_in_the_last_minutes_even_past_its_size(tmp_path):
+    cache = LocalCache(tmp_path / "cache", max_bytes=1500)
+    data = os.urandom(1000)
+    first = cache.get("a", "v1", {"data": _expect(data)}, lambda _: iter([data]))
+    cache.get("b", "v1", {"data": _expect(data)}, lambda _: iter([data]))
+    assert (first / "data").read_bytes() == data  # a process may be reading it still
+    os.utime(first / ".entry", (1000, 1000))
+    assert cache.evict() == 1 and not first.exists()

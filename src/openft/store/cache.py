@@ -5,7 +5,7 @@ An entry is a directory of files, each with the size and sha256 recorded when it
 the store. It is downloaded into a temporary directory, every file checked against its record, and
 renamed into place with its ``.entry`` record written last, so an entry that is visible is whole
 and verified. A use touches the record; past ``max_bytes`` the least recently used entries go
-(never the one just asked for). Several processes of one machine may share the directory: renames
+(never one used in the last minutes, which a process may be reading). Several processes of one machine may share the directory: renames
 make every step atomic, and a download that loses a race to an identical one is dropped.
 """
 
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 
 RECORD = ".entry"
 STALE_SECONDS = 3600.0
+# An entry used this recently may be being read (a training process loading its base model or data
+# starts minutes after the worker fetched them): it is not evicted, even past the size bound.
+IN_USE_SECONDS = 600.0
 
 
 class CacheIntegrityError(OSError):
@@ -156,22 +159,24 @@ class LocalCache:
 
     def evict(self, keep: Path | None = None) -> int:
         """Remove least recently used entries until the cache fits ``max_bytes``; return how many.
-        Leftovers of crashed downloads older than an hour go too."""
+        Entries used in the last ``IN_USE_SECONDS`` stay. Leftovers of crashed downloads older than
+        an hour go too."""
         entries = sorted(self.entries())
         total = sum(size for _, size, _ in entries)
+        recent = time.time() - IN_USE_SECONDS
         removed = 0
-        for _, size, entry in entries:
+        for used, size, entry in entries:
             if total <= self.max_bytes:
                 break
-            if entry == keep:
+            if entry == keep or used > recent:
                 continue
             self._discard(entry)
             total -= size
             removed += 1
         if total > self.max_bytes:
             log.warning(
-                "the local cache %s holds %d bytes, over its limit of %d: one entry in use is larger "
-                "than the limit (raise OPENFT_CACHE_MAX_GIB)",
+                "the local cache %s holds %d bytes, over its limit of %d: what it holds was used in "
+                "the last minutes (raise OPENFT_CACHE_MAX_GIB if this persists)",
                 self.root,
                 total,
                 self.max_bytes,
