@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 $(TEST_STAMP): $(STAMP)
-	$(BIN)/pip install -q -e '.[train,test,bench,integrations,graders,graders-cosine]'
+	$(BIN)/pip install -q -e '.[train,test,bench,integrations,graders,graders-cosine,s3]'
 	-scripts/system-packages.sh --test
 	touch $@
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import s3_server
 from postgres_schema import schema_url
 
 from openft.training.launch import REPRODUCIBLE_THREADING
@@ -48,3 +49,24 @@ def database_url(request, tmp_path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'test.db'}"
     else:
         yield from schema_url()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[s3_server.S3Server]:
+    """A real S3-protocol server (moto) on a free loopback port, for the whole session."""
+    yield from s3_server.start()
+
+
+@pytest.fixture
+def s3_storage(s3, monkeypatch) -> dict[str, str]:
+    """A fresh bucket on ``s3``: the settings that point openft at it (``storage_url``,
+    ``s3_endpoint_url``); credentials and region are set in the environment, as boto3 reads them."""
+    for name, value in s3_server.CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    return {"storage_url": f"s3://{s3.new_bucket()}/openft", "s3_endpoint_url": s3.endpoint_url}
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[str]:
+    """A fresh schema on the local PostgreSQL (skips when it is unreachable)."""
+    yield from schema_url()

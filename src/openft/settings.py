@@ -76,6 +76,12 @@ class Settings:
     python_grader_timeout_seconds: float = 30.0
     python_grader_memory_mb: int = 1024
     grader_concurrency: int = 4
+    # Object storage: None keeps files and models under OPENFT_HOME; "s3://bucket/prefix" puts them
+    # in a bucket (credentials and region the boto3 way: AWS_* variables, ~/.aws, instance roles).
+    storage_url: str | None = None
+    s3_endpoint_url: str | None = None  # MinIO, R2, Ceph RGW, GCS: the S3 API's address
+    # The local cache of objects (training files, adapters, checkpoints) on workers and API servers
+    cache_max_bytes: int = 50 * 1024**3
 
     @property
     def files_dir(self) -> Path:
@@ -85,6 +91,11 @@ class Settings:
     def models_dir(self) -> Path:
         """Cached base models (safetensors) and fine-tuning artifacts (adapters, checkpoints)."""
         return self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        """This machine's copies of objects from the bucket (with OPENFT_STORAGE_URL only)."""
+        return self.home / "cache"
 
     @property
     def is_sqlite(self) -> bool:
@@ -179,6 +190,12 @@ class Settings:
             )
         if env.get("OPENFT_METRICS_TOKEN"):
             values["metrics_token"] = env["OPENFT_METRICS_TOKEN"]
+        if env.get("OPENFT_STORAGE_URL"):
+            values["storage_url"] = env["OPENFT_STORAGE_URL"]
+        if env.get("OPENFT_S3_ENDPOINT_URL"):
+            values["s3_endpoint_url"] = env["OPENFT_S3_ENDPOINT_URL"]
+        if "OPENFT_CACHE_MAX_GIB" in env:
+            values["cache_max_bytes"] = int(_float(env, "OPENFT_CACHE_MAX_GIB") * 1024**3)
         values.update(overrides)
         settings = cls(**values)
         settings.validate()
@@ -216,6 +233,15 @@ class Settings:
             raise SettingsError("OPENFT_BODY_TIMEOUT_SECONDS must be greater than 0.")
         if not self.sweep_interval_seconds >= 0:
             raise SettingsError("OPENFT_SWEEP_INTERVAL_SECONDS must be 0 (never) or a number of seconds.")
+        if self.storage_url is not None:
+            from openft.store.s3 import S3Location, StorageUrlError
+
+            try:
+                S3Location.parse(self.storage_url)
+            except StorageUrlError as exc:
+                raise SettingsError(str(exc)) from None
+        if self.cache_max_bytes < 1:
+            raise SettingsError("OPENFT_CACHE_MAX_GIB must be greater than 0.")
         gpus = self.gpus.strip().lower()
         if gpus not in ("all", "none") and not all(part.strip().isdigit() for part in gpus.split(",")):
             raise SettingsError(

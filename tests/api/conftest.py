@@ -193,6 +193,21 @@ def settings(tmp_path, monkeypatch) -> Settings:
     return Settings(home=home, database_url=f"sqlite:///{home / 'openft.db'}")
 
 
+@pytest.fixture(params=["local", pytest.param("s3", marks=pytest.mark.postgres)])
+def settings_on_every_storage(request, tmp_path, monkeypatch) -> Settings:
+    """For modules whose tests must hold on every storage (they override ``settings`` with it): the
+    local directory with SQLite, and an S3 bucket on a real S3-protocol server with PostgreSQL."""
+    home = tmp_path / "openft-home"
+    monkeypatch.setenv("OPENFT_HOME", str(home))
+    if request.param == "local":
+        return Settings(home=home, database_url=f"sqlite:///{home / 'openft.db'}")
+    return Settings(
+        home=home,
+        database_url=request.getfixturevalue("postgres_url"),
+        **request.getfixturevalue("s3_storage"),
+    )
+
+
 @pytest.fixture
 def app(settings):
     app = create_app(settings)

@@ -6,8 +6,14 @@ import io
 
 import openai
 import pytest
+from stored import stored_blobs
 
 JSONL = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n' * 3
+
+
+@pytest.fixture
+def settings(settings_on_every_storage):
+    return settings_on_every_storage
 
 
 def test_create_fine_tune_file_returns_processed_file_object(client):
@@ -37,7 +43,7 @@ def test_create_fine_tune_file_that_is_not_jsonl_answers_400(client, services, c
         client.files.create(file=("train.jsonl", content), purpose="fine-tune")
     assert "Invalid file format for Fine-Tuning API. Must be .jsonl" in caught.value.message
     assert caught.value.param == "file"
-    assert [p.name for p in services.blobs.root.iterdir() if p.name != ".tmp"] == []
+    assert stored_blobs(services) == set()
 
 
 def test_create_with_other_purpose_keeps_any_content(client):
@@ -67,7 +73,7 @@ def test_create_larger_than_limit_answers_413(app, client):
         client.files.create(file=("big.jsonl", b'{"a": 1}\n' * 200), purpose="fine-tune")
     assert caught.value.status_code == 413
     assert "1000 bytes" in caught.value.message
-    assert [p for p in app.state.services.blobs.root.iterdir() if p.name != ".tmp"] == []
+    assert stored_blobs(app.state.services) == set()
 
 
 def test_create_with_expires_after_sets_expires_at(client):
@@ -105,11 +111,10 @@ def test_result_files_are_downloadable_unchanged(client, services):
 
 def test_delete_removes_row_and_blob_then_404(client, services):
     created = client.files.create(file=("a.jsonl", JSONL), purpose="fine-tune")
-    path = services.files.local_path(services.files.get(services.auth.default_organization_id(), created.id))
-    assert path.exists()
+    assert services.blobs.exists(created.id)
     deleted = client.files.delete(created.id)
     assert (deleted.id, deleted.object, deleted.deleted) == (created.id, "file", True)
-    assert not path.exists()
+    assert not services.blobs.exists(created.id)
     for call in (client.files.retrieve, client.files.delete, client.files.content):
         with pytest.raises(openai.NotFoundError) as caught:
             call(created.id)

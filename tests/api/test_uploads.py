@@ -7,13 +7,19 @@ import time
 
 import openai
 import pytest
+from stored import stored_blobs
 
 LINE = b'{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}\n'
 DATA = LINE * 40
 
 
+@pytest.fixture
+def settings(settings_on_every_storage):
+    return settings_on_every_storage
+
+
 def _blob_names(services) -> set[str]:
-    return {p.name for p in services.blobs.root.iterdir() if p.name != ".tmp"}
+    return stored_blobs(services)
 
 
 def _create(client, data=DATA, **overrides):

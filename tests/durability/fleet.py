@@ -52,6 +52,9 @@ def process_env(settings: Settings) -> dict[str, str]:
         OPENFT_LOG_LEVEL="INFO",
         PYTHONUNBUFFERED="1",
     )
+    if settings.storage_url is not None:  # AWS_* credentials pass through from this environment
+        env["OPENFT_STORAGE_URL"] = settings.storage_url
+        env["OPENFT_S3_ENDPOINT_URL"] = settings.s3_endpoint_url or ""
     return env
 
 

@@ -32,7 +32,7 @@ def resolve_model_dir(model: str) -> Path:
         if Path(model).exists():
             source = model
         elif model in registry:
-            source = registry.source(model)
+            source = registry.local_source(model)
         else:
             raise click.ClickException(
                 f"Unknown model {model!r}: give a local Hugging Face directory, a .gguf file, or one of the "

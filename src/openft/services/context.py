@@ -1,4 +1,4 @@
-"""The Services container: settings, database, blobs and one service object per noun."""
+"""The Services container: settings, database, storage (blobs, artifacts) and one service object per noun."""
 
 from __future__ import annotations
 
@@ -20,8 +20,10 @@ from openft.services.uploads import UploadService
 from openft.services.webhooks import WebhookService
 from openft.services.workers import WorkerRegistry
 from openft.settings import Settings
-from openft.store.blobs import BlobStore
+from openft.store.artifacts import Artifacts, LocalArtifacts
+from openft.store.blobs import Blobs
 from openft.store.db import Database
+from openft.store.storage import open_storage
 
 T = TypeVar("T")
 
@@ -56,7 +58,9 @@ class Services:
 
     settings: Settings
     db: Database
-    blobs: BlobStore
+    blobs: Blobs
+    # None: the local models directory (a Services built by hand, as tests do)
+    artifacts: Artifacts = None  # type: ignore[assignment]
 
     # One line per service. Each factory takes this Services object.
     organizations = service(OrganizationService)
@@ -74,14 +78,18 @@ class Services:
     workers = service(WorkerRegistry)
     graders = service(GraderService)
 
+    def __post_init__(self) -> None:
+        if self.artifacts is None:
+            self.artifacts = LocalArtifacts(self.settings.models_dir)
+
     @classmethod
     def build(cls, settings: Settings) -> Services:
-        """Open the database (migrated), the blob store (temporaries cleaned) and the default organization."""
+        """Open the database (migrated), the storage (temporaries cleaned) and the default organization."""
         db = Database(settings.database_url)
         db.migrate()
-        blobs = BlobStore(settings.files_dir)
-        blobs.clean_temp()
-        services = cls(settings=settings, db=db, blobs=blobs)
+        storage = open_storage(settings)
+        storage.blobs.clean_temp()
+        services = cls(settings=settings, db=db, blobs=storage.blobs, artifacts=storage.artifacts)
         services.organizations.ensure_default()
         return services
 

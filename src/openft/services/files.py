@@ -248,7 +248,9 @@ class FileService:
             )
 
     def local_path(self, row: FileRow) -> Path:
-        return self.blobs.path(row.blob_key)
+        """A path a training or validation process can read the file from (from the local cache,
+        checked against the recorded size and sha256, when files live in object storage)."""
+        return self.blobs.local_path(row.blob_key, size=row.bytes, sha256=row.sha256)
 
     def content(self, owner: Owner, file_id: str) -> Iterator[bytes]:
         row = self.get(owner, file_id)

@@ -380,6 +380,16 @@ class JobRuntime:
             self._prune_checkpoints(session, job_id)
             return name
 
+    def artifact_keys(self, job_id: str) -> set[str]:
+        """The artifact trees the job's rows name (its checkpoints and fine-tuned model): what
+        object storage must keep of it."""
+        with self.db.read() as session:
+            keys = set(
+                session.scalars(select(JobCheckpointRow.path).where(JobCheckpointRow.job_id == job_id))
+            )
+            keys |= set(session.scalars(select(ModelRow.path).where(ModelRow.job_id == job_id)))
+        return keys
+
     # -- outcomes --------------------------------------------------------------------------
 
     def mark_validated(

@@ -3,7 +3,7 @@ with it (usable, never deletable, by the projects they are shared with)."""
 
 from __future__ import annotations
 
-import shutil
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -11,13 +11,15 @@ from typing import TYPE_CHECKING
 from sqlalchemy import delete, select
 
 from openft.domain.scope import Owner, Scope
-from openft.errors import InvalidRequestError, NotFoundError, PermissionDeniedError
+from openft.errors import InvalidRequestError, NotFoundError, PermissionDeniedError, ServerError
 from openft.store import jobs as store
 from openft.store import projects as project_store
 from openft.store.tables import JobCheckpointRow, ModelRow
 
 if TYPE_CHECKING:
     from openft.services.context import Services
+
+log = logging.getLogger(__name__)
 
 SYSTEM_OWNER = "system"
 
@@ -53,6 +55,7 @@ class ModelService:
     def __init__(self, services: Services) -> None:
         self.settings = services.settings
         self.db = services.db
+        self.artifacts = services.artifacts
 
     # -- names -----------------------------------------------------------------------------
 
@@ -98,8 +101,16 @@ class ModelService:
         return row.base_model, self.artifact_dir(row.path)
 
     def artifact_dir(self, path: str) -> Path:
-        """Model rows store artifact directories relative to the models dir (absolute ones pass)."""
-        return self.settings.models_dir / path
+        """The local directory of a model row's artifacts. Rows store keys relative to the models
+        directory (absolute paths of older rows pass); with object storage the tree is fetched
+        into this machine's cache, checked file by file."""
+        try:
+            return self.artifacts.local_dir(path)
+        except FileNotFoundError:
+            raise ServerError(
+                f"The weights of this model ({path}) are missing from storage; they may have been deleted "
+                "while it was in use. Try again, or fine-tune it again if it persists."
+            ) from None
 
     # -- the Models API --------------------------------------------------------------------
 
@@ -130,8 +141,8 @@ class ModelService:
         """Delete one of the caller's ``ft:`` models (with its checkpoints) or one checkpoint; the
         projects it was shared with lose it at once, and cannot delete it themselves.
 
-        Rows go first, in one transaction; the artifact directories after it commits, so a failure
-        to remove files never leaves a listed model without weights.
+        Rows go first, in one transaction; the artifact trees (directories, or objects in the bucket)
+        after it commits, so a failure to remove files never leaves a listed model without weights.
         """
         if self.base_name(name) is not None:
             raise InvalidRequestError(
@@ -174,7 +185,10 @@ class ModelService:
             store.delete_permissions(session, [row.id])
             session.execute(delete(ModelRow).where(ModelRow.pk == row.pk))
         for path in paths:
-            self._remove_artifacts(path)
+            try:
+                self.artifacts.delete(path)
+            except Exception:  # the orphan sweep removes what is left
+                log.exception("could not remove the artifacts %s of deleted model %s", path, name)
         return name
 
     # -- internals -------------------------------------------------------------------------
@@ -202,11 +216,3 @@ class ModelService:
             return int(Path(source).stat().st_mtime) if source else 0
         except OSError:
             return 0
-
-    def _remove_artifacts(self, path: str) -> None:
-        models_dir = self.settings.models_dir.resolve()
-        target = self.artifact_dir(path).resolve()
-        # Never follow a stored path outside the models directory (or onto the directory itself).
-        if target == models_dir or models_dir not in target.parents:
-            return
-        shutil.rmtree(target, ignore_errors=True)

@@ -1,5 +1,6 @@
-"""Storage sweeps: expired uploads and their parts, expired files, orphan blobs and the temporaries
-of crashed writes, removed safely while other API replicas share the database and the disk.
+"""Storage sweeps: expired uploads and their parts, expired files, orphan blobs, the temporaries
+of crashed writes and (in object storage) the leftover objects of ended jobs, removed safely while
+other API replicas share the database and the storage.
 
 Safety comes from the database, not from timing: a row is removed by a compare-and-set (one replica
 wins, the others see rowcount 0) and its blob is deleted only by the winner, after the commit. A
@@ -11,15 +12,16 @@ never an hour.
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, or_, select, update
 
-from openft.domain.lifecycle import TERMINAL
+from openft.domain.lifecycle import TERMINAL, JobStatus
 from openft.store import uploads as upload_store
+from openft.store.artifacts import S3Artifacts
 from openft.store.blobs import STALE_TEMP_SECONDS
 from openft.store.tables import FileRow, JobRow, UploadPartRow, UploadRow
 
@@ -39,6 +41,7 @@ class SweepReport:
     expired_files: int = 0
     orphan_blobs: int = 0
     temporaries: int = 0
+    orphan_artifacts: int = 0
 
     @property
     def total(self) -> int:
@@ -48,6 +51,7 @@ class SweepReport:
             + self.expired_files
             + self.orphan_blobs
             + self.temporaries
+            + self.orphan_artifacts
         )
 
 
@@ -55,6 +59,8 @@ class StorageService:
     def __init__(self, services: Services) -> None:
         self.db = services.db
         self.blobs = services.blobs
+        self.artifacts = services.artifacts
+        self.runtime = services.runtime
 
     def sweep(self, now: float | None = None) -> SweepReport:
         """One pass over everything; safe to run on every replica at once."""
@@ -66,6 +72,7 @@ class StorageService:
             expired_files=self.sweep_expired_files(int(now)),
             orphan_blobs=self.sweep_orphan_blobs(now),
             temporaries=self.blobs.clean_temp(now=now),
+            orphan_artifacts=self.sweep_orphan_artifacts(now),
         )
         if report.total:
             log.info("storage sweep: %s", report)
@@ -130,15 +137,7 @@ class StorageService:
         """Delete blobs that no file or upload part names and that are older than the grace period
         (a crash between a commit and the blob's deletion, or between a blob and its row)."""
         cutoff = now - ORPHAN_GRACE_SECONDS
-        old: dict[str, float] = {}
-        for entry in os.scandir(self.blobs.root):
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
-            try:
-                if entry.stat().st_mtime <= cutoff:
-                    old[entry.name] = entry.stat().st_mtime
-            except FileNotFoundError:
-                continue
+        old = set(self.blobs.keys_older_than(cutoff))
         removed = 0
         names = sorted(old)
         for start in range(0, len(names), BATCH):
@@ -152,4 +151,24 @@ class StorageService:
                 if name not in known:
                     self.blobs.delete(name)
                     removed += 1
+        return removed
+
+    def sweep_orphan_artifacts(self, now: float) -> int:
+        """Object storage: delete the objects of ended jobs (succeeded, failed, cancelled, or gone)
+        that no row names, older than the grace period: checkpoints the final model replaced, trees
+        of deleted models whose removal was interrupted, torn uploads of crashed workers. A job that
+        may still run (queued, running, paused) is left to its worker. Locally the training process
+        and model deletion tidy the directories themselves."""
+        if not isinstance(self.artifacts, S3Artifacts):
+            return 0
+        cutoff = datetime.fromtimestamp(now - ORPHAN_GRACE_SECONDS, UTC)
+        removed = 0
+        for job_id in self.artifacts.job_ids():
+            with self.db.read() as session:
+                status = session.scalar(select(JobRow.status).where(JobRow.id == job_id))
+            if status is not None and JobStatus(status) not in TERMINAL:
+                continue
+            # Read after the status: an ended job's rows no longer change, so nothing kept is missed.
+            keep = self.runtime.artifact_keys(job_id) if status is not None else set()
+            removed += self.artifacts.sweep_job(job_id, keep, cutoff)
         return removed

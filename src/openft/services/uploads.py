@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -179,18 +179,14 @@ class UploadService:
         ordered = self._ordered_parts(upload, by_id, part_ids)
 
         digest = hashlib.md5(usedforsecurity=False)
-
-        def concatenated() -> Iterator[bytes]:
-            for part in ordered:
-                for chunk in self.blobs.read_chunks(part.blob_key):
-                    digest.update(chunk)
-                    yield chunk
-
-        # The file blob appears atomically (temp + rename) and its row is inserted in the same
-        # transaction that completes the upload, so a crash in between leaves no half-file visible.
+        # The file blob appears atomically (temp + rename, or one S3 multipart upload whose large
+        # parts are copied inside the bucket) and its row is inserted in the same transaction that
+        # completes the upload, so a crash in between leaves no half-file visible.
         key = ids.file_id()
         try:
-            size, sha256 = self.blobs.write(key, concatenated())
+            size, sha256 = self.blobs.compose(
+                key, [(part.blob_key, part.bytes) for part in ordered], observe=digest.update
+            )
         except FileNotFoundError:
             # A concurrent complete, cancel or expiry sweep removed the parts while we read them.
             view = self.get(owner, upload_id)

