@@ -70,3 +70,9 @@ def s3_storage(s3, monkeypatch) -> dict[str, str]:
 def postgres_url() -> Iterator[str]:
     """A fresh schema on the local PostgreSQL (skips when it is unreachable)."""
     yield from schema_url()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Cheap tests first: the ``slow`` end-to-end ones (real SmolLM2, chaos) run last, so a broken
+    change fails within minutes, and a run with ``-m "not slow"`` is the same suite minus its tail."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is not None)
