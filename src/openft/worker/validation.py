@@ -174,6 +174,7 @@ def validate_job(
     resolved = hp_rules.resolve_gradient_checkpointing(
         resolved, bool(planned and planned.gradient_checkpointing)
     )
+    resolved = hp_rules.resolve_n_devices(resolved, planned.n_devices if planned else 1)
     steps = hp_rules.total_steps(train.n_examples, resolved["batch_size"], resolved["n_epochs"])
     stats = {
         "n_examples": train.n_examples,
