@@ -171,6 +171,7 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
         n_devices=int(hp.get("n_devices", 1)),
         gradient_checkpointing=bool(checkpointing),
+        extra={} if settings.cpu_autocast == "auto" else {"autocast": settings.cpu_autocast},
         **sizing,
     )
 
