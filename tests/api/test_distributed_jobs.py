@@ -6,12 +6,14 @@ float-summation noise: per-step losses within 1e-5 relative, weights within 1e-5
 on the tiny model: 1e-6 and 2e-7; see tests/training/test_distributed.py). A job interrupted on two
 ranks (paused and resumed, then a rank SIGKILLed) ends bit for bit where the uninterrupted two-rank
 job ends: the same ranks sum in the same order, and each rank's RNG state rides in the checkpoint.
+``n_devices: auto`` is resolved by the memory estimate against the GPUs a live worker reports.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 from pathlib import Path
 
@@ -26,6 +28,18 @@ from openft.worker.runner import SubprocessLauncher
 BASE = "tiny-llama"
 LOSS_RTOL = 1e-5
 WEIGHT_ATOL = 1e-5
+LLAMA_8B_CONFIG = {  # Llama-3.1-8B's sizes: no weights are needed to plan it, only its config.json
+    "architectures": ["LlamaForCausalLM"],
+    "model_type": "llama",
+    "vocab_size": 128256,
+    "hidden_size": 4096,
+    "intermediate_size": 14336,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "num_key_value_heads": 8,
+    "max_position_embeddings": 131072,
+    "tie_word_embeddings": False,
+}
 
 
 def _rows(n: int, prompt_words: int = 0) -> bytes:
@@ -49,10 +63,13 @@ def _rows(n: int, prompt_words: int = 0) -> bytes:
 def settings(tmp_path, monkeypatch, tiny_model_dir) -> Settings:
     home = tmp_path / "openft-home"
     monkeypatch.setenv("OPENFT_HOME", str(home))
+    shaped = tmp_path / "llama-8b-shaped"  # the tiny model's tokenizer beside an 8B config.json
+    shutil.copytree(tiny_model_dir, shaped, ignore=shutil.ignore_patterns("*.safetensors"))
+    (shaped / "config.json").write_text(json.dumps(LLAMA_8B_CONFIG))
     return Settings(
         home=home,
         database_url=f"sqlite:///{home / 'openft.db'}",
-        base_models={BASE: str(tiny_model_dir)},
+        base_models={BASE: str(tiny_model_dir), "llama-8b": str(shaped)},
         lease_seconds=30.0,
         heartbeat_seconds=1.0,
         poll_seconds=0.2,
@@ -215,3 +232,37 @@ def test_a_two_device_job_paused_resumed_and_with_a_rank_killed_ends_like_an_uni
     for name in a:
         assert torch.equal(a[name], b[name]), name
     assert _losses(client, job.id) == _losses(client, straight.id)
+
+
+def test_n_devices_auto_is_the_fewest_gpus_the_memory_estimate_allows(client, services, monkeypatch):
+    from openft.services.workers import CUDA, Device, WorkerInfo
+
+    monkeypatch.setattr("openft.services.accelerators.cuda_devices", lambda: [])  # no GPU on this host
+    gpus = tuple(Device(CUDA, "NVIDIA A100", index, 80 << 30) for index in range(4))
+    services.workers.register(WorkerInfo("gpu-worker", "gpu-host", 1, gpus, slots=4))
+
+    training = client.files.create(file=("train.jsonl", _rows(10)), purpose="fine-tune")
+
+    def create(**hyperparameters):
+        return client.fine_tuning.jobs.create(
+            model="llama-8b",
+            training_file=training.id,
+            method={
+                "type": "supervised",
+                "supervised": {"hyperparameters": {"max_seq_length": 4096, **hyperparameters}},
+            },
+        )
+
+    full = create(fine_tuning_type="full")
+    lora = create(fine_tuning_type="lora")
+    too_few = create(fine_tuning_type="full", n_devices=2)
+    assert full.method.supervised.hyperparameters.model_extra["n_devices"] == "auto"
+    assert Worker(services, validate_only=True).run(burst=True) == 3
+    full, lora, too_few = (client.fine_tuning.jobs.retrieve(job.id) for job in (full, lora, too_few))
+    assert full.status == lora.status == "queued", (full.error, lora.error)
+    # Full fine-tuning of 8B (about 140 GiB) shards over 3 of the 80 GiB GPUs; LoRA fits on one
+    # and more devices would only replicate it.
+    assert full.method.supervised.hyperparameters.model_extra["n_devices"] == 3
+    assert lora.method.supervised.hyperparameters.model_extra["n_devices"] == 1
+    assert too_few.status == "failed" and too_few.error.code == "out_of_memory"
+    assert "What would fit: " in too_few.error.message and "n_devices 3, sharding" in too_few.error.message
