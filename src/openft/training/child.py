@@ -173,8 +173,22 @@ def main(argv: list[str] | None = None) -> int:
         if code == ERROR_OUT_OF_MEMORY and spec is not None:
             message = out_of_memory_message(spec, exc, reporter.last_step)
         reporter.emit({"type": "error", "code": code, "message": message})
+        if ranks is not None:
+            leave_now(protocol, 1)
         return 1
+    if ranks is not None:
+        leave_now(protocol, 0)
     return 0
+
+
+def leave_now(protocol: TextIO, code: int) -> None:
+    """A rank's exit once its work is written: without the interpreter's teardown, in which a
+    process-group thread left joinable occasionally aborts the process ("terminate called without
+    an active exception", seen under load with gloo) and would turn a finished run into a failed
+    one. Everything the rank wrote is flushed or closed (checkpoints are fsynced) by then."""
+    protocol.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def out_of_memory_message(spec: TrainingSpec, exc: BaseException, last_step: int) -> str:
