@@ -255,14 +255,15 @@ def test_n_devices_auto_is_the_fewest_gpus_the_memory_estimate_allows(client, se
 
     full = create(fine_tuning_type="full")
     lora = create(fine_tuning_type="lora")
-    too_few = create(fine_tuning_type="full", n_devices=2)
+    too_few = create(fine_tuning_type="full", n_devices=1)
     assert full.method.supervised.hyperparameters.model_extra["n_devices"] == "auto"
     assert Worker(services, validate_only=True).run(burst=True) == 3
     full, lora, too_few = (client.fine_tuning.jobs.retrieve(job.id) for job in (full, lora, too_few))
     assert full.status == lora.status == "queued", (full.error, lora.error)
-    # Full fine-tuning of 8B (about 140 GiB) shards over 3 of the 80 GiB GPUs; LoRA fits on one
-    # and more devices would only replicate it.
-    assert full.method.supervised.hyperparameters.model_extra["n_devices"] == 3
+    # Full fine-tuning of 8B (140 GiB on one device) shards over 2 of the 80 GiB GPUs, with gradient
+    # checkpointing; LoRA fits on one and more devices would only replicate it.
+    assert full.method.supervised.hyperparameters.model_extra["n_devices"] == 2
+    assert full.method.supervised.hyperparameters.model_extra["gradient_checkpointing"] is True
     assert lora.method.supervised.hyperparameters.model_extra["n_devices"] == 1
     assert too_few.status == "failed" and too_few.error.code == "out_of_memory"
-    assert "What would fit: " in too_few.error.message and "n_devices 3, sharding" in too_few.error.message
+    assert "What would fit: " in too_few.error.message and "n_devices 2, sharding" in too_few.error.message

@@ -59,9 +59,13 @@ class Device:
     def kind(self) -> Literal["cpu", "cuda"]:
         return "cuda" if self.torch_device.type == "cuda" else "cpu"
 
-    def precision(self) -> contextlib.AbstractContextManager:
-        """The autocast context every forward runs under."""
-        return torch.autocast(self.torch_device.type, dtype=torch.bfloat16, enabled=self.compute == "bf16")
+    def precision(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        """The autocast context every forward runs under. ``cache=False`` casts each weight again
+        when it is used instead of keeping every cast until the forward ends: under FSDP2 the
+        cached bf16 copies would be a whole unsharded model per rank."""
+        return torch.autocast(
+            self.torch_device.type, dtype=torch.bfloat16, enabled=self.compute == "bf16", cache_enabled=cache
+        )
 
     def base_dtype(self, fine_tuning_type: str) -> torch.dtype:
         """The dtype the base model loads in: bf16 only for a frozen base on CUDA."""

@@ -207,7 +207,8 @@ def weight_bytes(shape: ModelShape, setup: Setup) -> int:
     other = shape.parameters - linear
     if setup.sharded:
         # FSDP2: a 1/N shard of the fp32 master weights, two layers gathered whole at a time, and
-        # autocast's bf16 copies of every linear weight (saved for backward: not sharded).
+        # autocast's bf16 copies of every linear weight, saved for backward (not sharded; with
+        # gradient checkpointing ``estimate`` keeps one layer's: the recipe disables autocast's cache).
         n = setup.n_devices
         layer = shape.layer_linear_parameters + 2 * shape.hidden_size
         weights = math.ceil(4 * shape.parameters / n) + 2 * 4 * layer + (2 * linear if setup.bf16 else 0)
@@ -269,8 +270,12 @@ def estimate(shape: ModelShape, setup: Setup, tokens: int, gradient_checkpointin
     else:
         adapters, trained = 0, shape.parameters
         optimizer = math.ceil(12 * trained / setup.n_devices)  # sharded by FSDP2 (1 device: all)
+    weights = weight_bytes(shape, setup)
+    if setup.sharded and setup.bf16 and gradient_checkpointing:
+        # recomputed layer by layer in backward: one layer's bf16 copies at a time, not every layer's
+        weights -= 2 * (shape.num_layers - 1) * shape.layer_linear_parameters
     return Estimate(
-        weights=weight_bytes(shape, setup),
+        weights=weights,
         adapters=adapters,
         optimizer=optimizer,
         activations=int(activations),

@@ -13,6 +13,7 @@ checkpoints carry every RNG state.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -158,6 +159,8 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
     np.random.seed(spec.seed % 2**32)
     torch.manual_seed(spec.seed)
     sharded = group.strategy == "fsdp"
+    if sharded:
+        precision = functools.partial(device.precision, cache=False)
     model = trainable_model(spec, resume.path / weights_subdir(spec) if resume else None, device, sharded)
     model.train()
     group.diverge_rng(spec.seed)
