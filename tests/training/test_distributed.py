@@ -178,6 +178,28 @@ def test_two_ranks_train_like_one_process_and_their_checkpoints_resume_on_either
     assert_close_weights(weights(Path(on_two.output_dir)), weights(one_out))
 
 
+def test_dpo_full_fine_tuning_on_two_ranks_shards_its_frozen_reference_too(tiny_model_dir, tmp_path):
+    spec = make_spec(
+        tmp_path / "one",
+        tiny_model_dir,
+        dpo_rows(10),
+        method="dpo",
+        beta=0.1,
+        fine_tuning_type="full",
+        learning_rate=1e-3,
+        n_epochs=1,
+        batch_size=3,
+        micro_batch_tokens=48,
+        extra={"autocast": "fp32"},
+    )
+    one = RecordingReporter()
+    train(spec, one)
+    two = run_ranks(replace(spec, output_dir=str(tmp_path / "two" / "out"), n_devices=2))
+    assert losses(two) == pytest.approx(losses(one.lines), rel=LOSS_RTOL)
+    assert losses(two)[-1] < losses(two)[0]  # the policy moved away from the reference
+    assert_close_weights(weights(Path(spec.output_dir)), weights(tmp_path / "two" / "out"))
+
+
 def test_two_ranks_under_bf16_autocast_stay_within_its_rounding(tiny_model_dir, tmp_path):
     """bf16 compute (the default on CPUs with native bf16, and on GPUs): the ranks' other summation
     orders are rounded to bf16's 8 bits and Adam amplifies them over the steps, so the tolerance is
