@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_toys import RecordingReporter, make_spec
+from training_toys import RecordingReporter, make_spec, write_jsonl
 
 from openft.training import checkpoints
 from openft.training.launch import Ranks, child_command
@@ -119,10 +119,13 @@ def test_two_ranks_train_like_one_process_and_their_checkpoints_resume_on_either
     tiny_model_dir, tmp_path, method, fine_tuning_type
 ):
     rows = dpo_rows(10) if method == "dpo" else varied_rows(10)
+    validation = write_jsonl(tmp_path / "valid.jsonl", dpo_rows(5) if method == "dpo" else varied_rows(5))
     spec = make_spec(
         tmp_path / "one",
         tiny_model_dir,
         rows,
+        validation_file=str(validation),
+        eval_interval_steps=3,  # a small validation batch at steps 3 and 6, the whole set at epoch ends
         method=method,
         beta=0.1 if method == "dpo" else None,
         fine_tuning_type=fine_tuning_type,
@@ -142,6 +145,14 @@ def test_two_ranks_train_like_one_process_and_their_checkpoints_resume_on_either
         "2 ranks (torchrun, gloo) with " + ("FSDP2" if fine_tuning_type == "full" else "DDP")
     )
     assert losses(two) == pytest.approx(losses(one.lines), rel=LOSS_RTOL)
+    for key in ("valid_loss", "full_valid_loss", "full_valid_mean_token_accuracy"):
+        evaluated = [m["data"].get(key) for m in one.of_type("metrics")]
+        assert sum(v is not None for v in evaluated) == 2, key
+        got = [m["data"].get(key) for m in two if m["type"] == "metrics"]
+        assert [v is None for v in got] == [v is None for v in evaluated], key
+        assert [v for v in got if v is not None] == pytest.approx(
+            [v for v in evaluated if v is not None], rel=LOSS_RTOL
+        )
     assert [m["tokens"] for m in two if m["type"] == "metrics"] == [
         m["tokens"] for m in one.of_type("metrics")
     ]
@@ -157,10 +168,8 @@ def test_two_ranks_train_like_one_process_and_their_checkpoints_resume_on_either
     assert moments["1"]["state"].keys() == moments["2"]["state"].keys()
     for index, state in moments["1"]["state"].items():
         for key in ("exp_avg", "exp_avg_sq"):
-            assert torch.allclose(state[key], moments["2"]["state"][index][key], atol=WEIGHT_ATOL), (
-                index,
-                key,
-            )
+            two_state = moments["2"]["state"][index][key]
+            assert torch.allclose(state[key], two_state, atol=WEIGHT_ATOL), (index, key)
 
     # The 2-rank checkpoint at epoch 1 resumes on one process, the 1-process one on two ranks:
     # both end where the uninterrupted runs ended, with the same losses for the steps after it.

@@ -152,6 +152,17 @@ class Group:
             step.set_requires_gradient_sync(last)
         yield
 
+    def reshard(self, step: torch.nn.Module) -> None:
+        """After forwards without a backward (evaluation): FSDP2 keeps the root's weights gathered
+        after its forward, for the backward that usually follows; shard them again, or the model's
+        parameters are no longer the ones the optimizer holds."""
+        if self.strategy == "fsdp":
+            from torch.distributed.fsdp import FSDPModule
+
+            for module in step.modules():
+                if isinstance(module, FSDPModule):
+                    module.reshard()
+
     def scaled(self, loss: torch.Tensor) -> torch.Tensor:
         """DDP and FSDP2 average gradients over ranks; the loss is already divided by the step-wide
         count, so each rank's share is multiplied back by the number of ranks."""

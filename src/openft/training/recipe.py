@@ -115,6 +115,7 @@ def evaluate(
             with precision:
                 _, row_tally = step(row, 1)
             tally.add(row_tally)
+    group.reshard(step)
     step.train()
     return group.total(tally)
 
