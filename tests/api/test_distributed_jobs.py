@@ -181,11 +181,12 @@ def _running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+@pytest.mark.parametrize("fine_tuning_type", ["lora", "full"])
 def test_a_two_device_job_paused_resumed_and_with_a_rank_killed_ends_like_an_uninterrupted_one(
-    client, services
+    client, services, fine_tuning_type
 ):
     training = client.files.create(file=("train.jsonl", _rows(32, prompt_words=40)), purpose="fine-tune")
-    common = {"n_epochs": 2, "batch_size": 2, "n_devices": 2}
+    common = {"n_epochs": 2, "batch_size": 2, "n_devices": 2, "fine_tuning_type": fine_tuning_type}
     straight = _create(client, training.id, **common)
     Worker(services).run(burst=True)
     straight = client.fine_tuning.jobs.retrieve(straight.id)
