@@ -121,7 +121,7 @@ class Group:
                 if parameter.requires_grad:
                     dist.broadcast(parameter.data, src=0)
             # Buffers (rotary frequencies) are computed alike everywhere: no broadcast per forward.
-            # torch 2.13 renamed the option; older releases know only the first name.
+            # Newer torch renamed the option (and warns about the old name); older releases know only it.
             no_buffer_sync = (
                 {"forward_sync_buffers": False}
                 if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters
