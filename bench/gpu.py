@@ -12,7 +12,12 @@ run (FLOPs as in ``bench/workload.py``: 4N per token for LoRA, 6N for full, head
 attention), peak GPU memory (and openft's estimate of it), the ratio, and the first steps' losses.
 Floors (issue 9): 8B LoRA >= 40% MFU and >= 1.5x TRL; 1B full >= 35% MFU; 8B QLoRA runs.
 
-    python bench/gpu.py                  # one H200: about 6 minutes
+With more than one GPU, the 1B full and 8B LoRA rows also run openft on two GPUs (torchrun: FSDP2 for
+full, DDP for LoRA; the same global batch, so each GPU trains half of it) and print the scaling
+efficiency: tokens/s on two GPUs over twice the one-GPU rate. ``--smoke`` runs that row too, on two
+CPU processes (gloo), so the path is exercised anywhere; its figures mean nothing.
+
+    python bench/gpu.py                  # one H200: about 6 minutes (two GPUs: a few more)
     python bench/gpu.py --smoke          # any machine, CPU included: tiny configs, a few steps
 """
 
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -48,6 +54,8 @@ SMOKE_ROWS = [
     ("tiny LoRA", "tiny", "lora", ("openft", "trl")),
 ]
 FLOORS = {"8B LoRA": (0.40, 1.5), "1B full": (0.35, None)}
+# Rows that openft also runs on two devices, for the scaling efficiency.
+SCALING_ROWS = ("1B full", "8B LoRA", "tiny full", "tiny LoRA")
 MAX_SEQ_LENGTH = 2048
 
 
@@ -82,7 +90,12 @@ def build_model(name: str, tokenizer_dir: Path, work: Path, device: str) -> Path
 # ---- one side per process ---------------------------------------------------------------------------
 
 
+def openft_output(args: argparse.Namespace, devices: int) -> Path:
+    return Path(args.work) / f"openft-{args.type}-{Path(args.model).name}-x{devices}"
+
+
 def run_openft(args: argparse.Namespace) -> dict:
+    """One openft side; under torchrun (``--devices N``) every rank runs this, rank 0 reports."""
     import torch
 
     from openft.training.memory import DeviceMemory, ModelShape, Setup, estimate, plan
@@ -90,10 +103,13 @@ def run_openft(args: argparse.Namespace) -> dict:
     from openft.training.spec import TrainingSpec
 
     cuda = torch.cuda.is_available()
+    devices = int(os.environ.get("WORLD_SIZE", "1"))
     shape = ModelShape.from_dir(args.model)
-    setup = Setup(device="cuda" if cuda else "cpu", fine_tuning_type=args.type, lora_rank=args.rank)
+    setup = Setup(
+        device="cuda" if cuda else "cpu", fine_tuning_type=args.type, lora_rank=args.rank, n_devices=devices
+    )
     if cuda:  # what the worker would hand the child: the memory plan for this GPU
-        props = torch.cuda.get_device_properties(0)
+        props = torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0")))
         planned = plan(shape, setup, DeviceMemory("cuda", props.name, props.total_memory), MAX_SEQ_LENGTH)
         sizing = {
             "micro_batch_tokens": planned.micro_batch_tokens,
@@ -106,7 +122,7 @@ def run_openft(args: argparse.Namespace) -> dict:
         method="supervised",
         base_model_path=args.model,
         training_file=str(Path(args.work) / "train.jsonl"),
-        output_dir=str(Path(args.work) / f"openft-{args.type}-{Path(args.model).name}"),
+        output_dir=str(openft_output(args, devices)),
         seed=0,
         n_epochs=1,
         batch_size=args.batch_size,
@@ -117,6 +133,7 @@ def run_openft(args: argparse.Namespace) -> dict:
         warmup_ratio=0.0,
         checkpoint_interval_seconds=1e9,
         max_seq_length=MAX_SEQ_LENGTH,
+        n_devices=devices,
         **sizing,
     )
     steps: list[dict] = []
@@ -138,6 +155,7 @@ def run_openft(args: argparse.Namespace) -> dict:
                 messages.append(line["message"])
 
         def stop_requested(self):
+            # rank 0 alone sees the metrics; every rank stops where it says (the recipe agrees)
             return "cancel" if len(steps) >= args.steps + 1 else None
 
     train(spec, Reporter())
@@ -218,11 +236,17 @@ def run_trl(args: argparse.Namespace) -> dict:
 # ---- the run ---------------------------------------------------------------------------------------------
 
 
-def side(args: argparse.Namespace, which: str, model: Path, fine_tuning_type: str) -> dict | str:
-    """Run one side in a fresh process; its result, or why it failed."""
-    argv = [sys.executable, __file__, "--side", which, "--model", str(model), "--type", fine_tuning_type]
+def side(
+    args: argparse.Namespace, which: str, model: Path, fine_tuning_type: str, devices: int = 1
+) -> dict | str:
+    """Run one side in a fresh process (``devices`` > 1: that many ranks under torchrun); its
+    result, or why it failed."""
+    argv = [__file__, "--side", which, "--model", str(model), "--type", fine_tuning_type]
     argv += ["--work", str(args.work), "--steps", str(args.steps), "--batch-size", str(args.batch_size)]
     argv += ["--lr", str(args.lr), "--rank", str(args.rank)]
+    if devices > 1:
+        argv = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(devices), *argv]
+    argv = [sys.executable, *argv]
     env = dict(
         os.environ,
         PYTHONPATH=os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
@@ -230,7 +254,12 @@ def side(args: argparse.Namespace, which: str, model: Path, fine_tuning_type: st
     if which == "openft":
         from openft.training.launch import child_command
 
-        env = {**child_command(Path(args.work) / "unused.json")[1], "PYTHONPATH": env["PYTHONPATH"]}
+        env = {**child_command(Path(args.work) / "unused.json", devices)[1], "PYTHONPATH": env["PYTHONPATH"]}
+        # a fresh run: an earlier one's checkpoints would be resumed
+        shutil.rmtree(
+            openft_output(argparse.Namespace(work=args.work, type=fine_tuning_type, model=model), devices),
+            ignore_errors=True,
+        )
     started = time.perf_counter()
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=args.side_timeout)
     marker = [line for line in done.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
@@ -271,13 +300,20 @@ def main() -> None:
 
     if args.side:
         result = run_openft(args) if args.side == "openft" else run_trl(args)
-        print("BENCH_RESULT " + json.dumps(result), flush=True)
+        if os.environ.get("RANK", "0") == "0":
+            print("BENCH_RESULT " + json.dumps(result), flush=True)
+        if "RANK" in os.environ:  # a torchrun rank: leave as the training child's ranks do
+            from openft.training.child import leave_now
+
+            leave_now(sys.stdout, 0)
         return
 
     import torch
 
     began = time.perf_counter()
     cuda = torch.cuda.is_available()
+    # two GPUs, or (--smoke) two CPU processes that exercise the same path
+    scaling_devices = 2 if (torch.cuda.device_count() > 1 or (args.smoke and not cuda)) else 0
     device = "cuda" if cuda else "cpu"
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -350,6 +386,27 @@ def main() -> None:
                 flush=True,
             )
             result["rate"], result["mfu"] = rate, mfu
+        if scaling_devices and row_name in SCALING_ROWS and isinstance(results.get("openft"), dict):
+            wide = side(args, "openft", model, fine_tuning_type, scaling_devices)
+            label = f"openft x{scaling_devices}"
+            if isinstance(wide, str):
+                print(f"  {label} {wide}", flush=True)
+            else:
+                wide["rate"] = throughput(wide["steps"])
+                wide["mfu"] = per_token * wide["rate"] / (scaling_devices * peak)
+                efficiency = wide["rate"] / (scaling_devices * results["openft"]["rate"])
+                print(
+                    f"  {label} {wide['rate']:7.0f} tokens/s  MFU {100 * wide['mfu']:5.1f}% (per device)  "
+                    f"peak memory {gib(wide['peak'])} on rank 0 (openft's estimate {gib(wide['estimate'])})  "
+                    f"[{wide['note']}; {wide['wall']:.0f} s]",
+                    flush=True,
+                )
+                print(
+                    f"  scaling efficiency on {scaling_devices} devices: {100 * efficiency:.0f}% "
+                    f"({wide['rate']:.0f} tokens/s over {scaling_devices} x {results['openft']['rate']:.0f})",
+                    flush=True,
+                )
+                results[label] = wide
         ok = {k: v for k, v in results.items() if isinstance(v, dict)}
         if "openft" in ok and "trl" in ok:
             ratio = ok["openft"]["rate"] / ok["trl"]["rate"]

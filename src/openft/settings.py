@@ -51,6 +51,8 @@ class Settings:
     # Devices: None = ask this machine (nvidia-smi honouring CUDA_VISIBLE_DEVICES; RAM on a CPU worker)
     device_memory_gib: float | None = None  # memory one training device may use (memory planning)
     cuda_available: bool | None = None  # whether workers train on CUDA (qlora is refused without)
+    # Compute precision of training on a CPU: "auto" (bf16 where the CPU has native bf16), "bf16", "fp32"
+    cpu_autocast: str = "auto"
     # Serving
     serving_memory_budget_bytes: int = 4 * 1024 * 1024 * 1024
     serving_engine: str = "openft"  # or "vllm" (GPU machines with vLLM installed)
@@ -154,6 +156,8 @@ class Settings:
         ):
             if key in env:
                 values[name] = _int(env, key)
+        if "OPENFT_CPU_AUTOCAST" in env:
+            values["cpu_autocast"] = env["OPENFT_CPU_AUTOCAST"].strip().lower()
         if "OPENFT_MAX_ATTEMPTS" in env:
             values["max_attempts"] = _int(env, "OPENFT_MAX_ATTEMPTS")
         if "OPENFT_GPUS" in env:
@@ -246,6 +250,10 @@ class Settings:
         if gpus not in ("all", "none") and not all(part.strip().isdigit() for part in gpus.split(",")):
             raise SettingsError(
                 f"--gpus / OPENFT_GPUS must be 'all', 'none' or GPU indices such as '0,1,3'; got {self.gpus!r}."
+            )
+        if self.cpu_autocast not in ("auto", "bf16", "fp32"):
+            raise SettingsError(
+                f"OPENFT_CPU_AUTOCAST must be 'auto', 'bf16' or 'fp32', got {self.cpu_autocast!r}."
             )
         if self.device_memory_gib is not None and not self.device_memory_gib > 0:
             raise SettingsError(

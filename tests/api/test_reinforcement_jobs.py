@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import openai
 import pytest
 from safetensors.torch import load_file
 
@@ -243,6 +244,14 @@ def test_cancel_stops_a_running_reinforcement_job(client, services):
     job = client.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "cancelled" and job.fine_tuned_model is None
     assert max(_metrics_steps(client, job.id)) < 200
+
+
+def test_several_devices_are_refused_for_a_reinforcement_job_naming_the_parameter(client):
+    with pytest.raises(openai.BadRequestError) as refused:
+        _create(client, n_devices=2)
+    assert refused.value.body["param"] == "method.reinforcement.hyperparameters.n_devices"
+    assert "one device" in refused.value.body["message"]
+    assert client.fine_tuning.jobs.list().data == []
 
 
 def test_a_chat_file_is_not_an_rft_file(client, services):

@@ -60,3 +60,37 @@ def test_environment_spells_the_settings(tmp_path):
         Settings.from_env({"OPENFT_HOME": str(tmp_path), "OPENFT_CUDA": "maybe"})
     with pytest.raises(SettingsError, match="OPENFT_DEVICE_MEMORY_GIB"):
         Settings.from_env({"OPENFT_HOME": str(tmp_path), "OPENFT_DEVICE_MEMORY_GIB": "-1"})
+
+
+def test_cpu_autocast_is_spelled_by_the_environment_and_checked(tmp_path):
+    assert Settings.from_env({"OPENFT_HOME": str(tmp_path)}).cpu_autocast == "auto"
+    assert (
+        Settings.from_env({"OPENFT_HOME": str(tmp_path), "OPENFT_CPU_AUTOCAST": "FP32"}).cpu_autocast
+        == "fp32"
+    )
+    with pytest.raises(SettingsError, match="OPENFT_CPU_AUTOCAST must be 'auto', 'bf16' or 'fp32'"):
+        Settings.from_env({"OPENFT_HOME": str(tmp_path), "OPENFT_CPU_AUTOCAST": "fp16"})
+
+
+def test_devices_per_worker_counts_this_machine_then_the_largest_live_worker(tmp_path, monkeypatch):
+    from openft.services.workers import CUDA, Device, WorkerInfo
+
+    class Registry:
+        def __init__(self, *gpu_counts: int) -> None:
+            self.workers = [
+                WorkerInfo(
+                    f"w{i}", "host", i, tuple(Device(CUDA, "GPU", g, 80 * GIB) for g in range(n)), slots=n
+                )
+                for i, n in enumerate(gpu_counts)
+            ]
+
+        def live(self):
+            return self.workers
+
+    monkeypatch.setattr(hardware, "_query_nvidia_smi", lambda: [])
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert accelerators.devices_per_worker(settings(tmp_path)) == 1  # a CPU worker: one
+    assert accelerators.devices_per_worker(settings(tmp_path), Registry(2, 8, 4)) == 8
+    assert accelerators.devices_per_worker(settings(tmp_path, cuda_available=False), Registry(8)) == 1
+    monkeypatch.setattr(hardware, "_query_nvidia_smi", lambda: [H200, H200])
+    assert accelerators.devices_per_worker(settings(tmp_path), Registry(8)) == 2  # the GPUs here

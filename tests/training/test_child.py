@@ -27,6 +27,19 @@ def test_child_command_runs_the_child_module_with_the_spec(tmp_path):
     assert "PATH" in env
 
 
+def test_child_command_runs_n_ranks_under_torchrun_with_pause_forwarded(tmp_path):
+    argv, env = child_command(tmp_path / "spec.json", 3, stop_grace_seconds=90)
+    assert argv[1:] == [
+        "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "3", "--max-restarts", "0",
+        "-m", "openft.training.child", str(tmp_path / "spec.json"),
+    ]  # fmt: skip
+    # torchrun's agent forwards SIGUSR1 (pause, drain) besides its default signals, and gives the
+    # ranks as long as the worker does to reach a step boundary before killing them
+    assert "SIGUSR1" in env["PET_SIGNALS_TO_HANDLE"].split(",") and "SIGTERM" in env["PET_SIGNALS_TO_HANDLE"]
+    assert env["PET_SHUTDOWN_TIMEOUT"] == "90"
+    assert "PET_SIGNALS_TO_HANDLE" not in child_command(tmp_path / "spec.json", 1)[1]
+
+
 def test_child_trains_and_reports_json_lines(tiny_model_dir, tmp_path):
     spec = make_spec(tmp_path, tiny_model_dir, code_word_rows(8), n_epochs=2, batch_size=4)
     proc = start(spec, tmp_path)

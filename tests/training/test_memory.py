@@ -9,6 +9,7 @@ measurement without wasting much: 1.0x to 1.5x. A ``gpu``-marked twin compares w
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -22,6 +23,7 @@ from openft.training.memory import (
     Setup,
     estimate,
     plan,
+    plan_devices,
 )
 
 SMOLLM2_CONFIG = {  # SmolLM2-135M-Instruct's config.json, the sizes that matter
@@ -193,7 +195,8 @@ def test_plan_refuses_what_cannot_fit_and_says_what_would():
     )
     needed = refused.value.needed.total / GIB
     assert f"needs {needed:.1f} GiB" in message and needed > 80 and "80.0 GiB (NVIDIA A100)" in message
-    assert "fine_tuning_type 'qlora' (about" in message and "devices sharing the weights" in message
+    assert "fine_tuning_type 'qlora' (about" in message
+    assert "n_devices 2, sharding the weights and optimizer state" in message  # FSDP2 over 2 A100s
     # LoRA on a small card: a shorter max_seq_length is what fits, and the figure given does fit
     small = DeviceMemory("cuda", "NVIDIA L4", 24 * GIB)
     with pytest.raises(DoesNotFit) as refused:
@@ -217,3 +220,42 @@ def test_unknown_architecture_is_reported_not_guessed(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "mamba", "d_model": 768}))
     with pytest.raises(UnknownArchitecture, match="dense decoder"):
         ModelShape.from_dir(tmp_path)
+
+
+def test_full_fine_tuning_sharded_over_more_devices_needs_less_on_each_and_auto_takes_the_fewest():
+    shape = ModelShape.from_config(LLAMA_8B_CONFIG, "Llama-3.1-8B")
+    a100 = DeviceMemory("cuda", "NVIDIA A100", 80 * GIB)
+    full = Setup(device="cuda", fine_tuning_type="full")
+    per_device = [estimate(shape, replace(full, n_devices=n), 4096, False) for n in (1, 2, 4, 8)]
+    assert all(a.total > b.total for a, b in zip(per_device, per_device[1:], strict=False))
+    # what FSDP2 shards shrinks as 1/N; autocast's bf16 copies of the linear weights (16 GB), saved
+    # for backward, do not, unless gradient checkpointing recomputes them layer by layer
+    assert per_device[3].optimizer == pytest.approx(per_device[0].optimizer / 8, rel=1e-6)
+    linear_bf16 = 2 * shape.num_layers * shape.layer_linear_parameters
+    assert per_device[3].weights > linear_bf16 > per_device[0].weights / 8
+    checkpointed = estimate(shape, replace(full, n_devices=8), 4096, True)
+    assert (
+        per_device[3].weights - checkpointed.weights
+        == linear_bf16 * (shape.num_layers - 1) // shape.num_layers
+    )
+    chosen = plan_devices(shape, full, a100, 4096, max_devices=8)
+    assert chosen.n_devices == 2 and chosen.gradient_checkpointing
+    assert chosen.estimate.total <= a100.usable_bytes
+    with pytest.raises(DoesNotFit, match="n_devices 2"):  # one GPU is too few: refused, saying so
+        plan_devices(shape, full, a100, 4096, max_devices=1)
+    # LoRA is replicated (DDP), never sharded: more devices add DDP's gradient buckets, never fewer bytes
+    lora = Setup(device="cuda", fine_tuning_type="lora")
+    assert plan_devices(shape, lora, a100, 4096, max_devices=8).n_devices == 1
+    one, two = (estimate(shape, replace(lora, n_devices=n), 4096, True) for n in (1, 2))
+    assert two.total - one.total == 4 * shape.lora_parameters(16, "all-linear")
+
+
+def test_cpu_ranks_share_the_machine_ram():
+    shape = ModelShape.from_config(SMOLLM2_CONFIG, "SmolLM2-135M")
+    ram = DeviceMemory("cpu", "CPU RAM", 8 * GIB)
+    full = Setup(device="cpu", fine_tuning_type="full")
+    assert plan_devices(shape, full, ram, 512, max_devices=8).n_devices == 1  # no gain from CPU ranks
+    one = plan(shape, full, ram, 512)
+    two = plan(shape, replace(full, n_devices=2), ram, 512)  # half the RAM each
+    assert two.n_devices == 2 and two.micro_batch_tokens <= one.micro_batch_tokens
+    assert two.estimate.total <= ram.shared_by(2).usable_bytes

@@ -19,7 +19,8 @@ Resolution rules (documented in the README):
   when the device holds a micro-batch of the longest example without it, on otherwise. See
   ``resolve_gradient_checkpointing``.
 - ``n_devices``: how many devices (GPUs on a GPU worker, processes on a CPU worker) one job trains on;
-  ``auto`` is 1 for now (see ``resolve_n_devices``).
+  ``auto`` is decided by the memory plan, like ``gradient_checkpointing``: the fewest devices whose
+  memory holds the job (see ``resolve_n_devices``).
 """
 
 from __future__ import annotations
@@ -152,6 +153,12 @@ def check(method: str, hyperparameters: dict[str, Any], param_prefix: str) -> di
         )
     _int_in("max_seq_length", hp["max_seq_length"], 16, 1_048_576, p("max_seq_length"))
     _int_in("n_devices", hp["n_devices"], 1, MAX_DEVICES, p("n_devices"))
+    if method == "reinforcement" and hp["n_devices"] not in (AUTO, 1):
+        raise HyperparameterError(
+            f"Invalid value for n_devices: {hp['n_devices']}. Reinforcement jobs train on one device for now "
+            "(sampling, grading and the policy update are not split across devices); use 1 or 'auto'.",
+            p("n_devices"),
+        )
     checkpointing = hp["gradient_checkpointing"]
     if checkpointing != AUTO and not isinstance(checkpointing, bool):
         raise HyperparameterError(
@@ -181,23 +188,12 @@ class ModelFacts:
     context_length: int
 
 
-def resolve_n_devices(hp: dict[str, Any], model: ModelFacts) -> int:
-    """``n_devices: "auto"``: one device for now.
-
-    HOOK for the memory estimate (``training/devices.py``): ``auto`` is to become the fewest devices
-    whose memory holds the job (weights, optimizer state, activations of a micro-batch), on the
-    GPUs of the live workers (``services.workers.live()``), 1 on a CPU worker. A GPU worker claims
-    a job only when this many of its GPUs are free (``JobRuntime.claim_training``).
-    """
-    return 1
-
-
 def resolve(
     method: str, hp: dict[str, Any], n_examples: int, model: ModelFacts, n_validation: int | None = None
 ) -> dict[str, Any]:
-    """Replace every ``"auto"`` with a concrete value, except ``gradient_checkpointing``, which the
-    memory plan decides once the rest is known (``resolve_gradient_checkpointing``). ``hp`` must have
-    passed ``check``."""
+    """Replace every ``"auto"`` with a concrete value, except ``gradient_checkpointing`` and
+    ``n_devices``, which the memory plan decides once the rest is known
+    (``resolve_gradient_checkpointing``, ``resolve_n_devices``). ``hp`` must have passed ``check``."""
     out = dict(hp)
 
     def pick(key: str, value: Any) -> None:
@@ -215,13 +211,24 @@ def resolve(
     pick("lora_dropout", 0.0)
     pick("lora_target_modules", "all-linear")
     pick("max_seq_length", min(model.context_length, DEFAULT_MAX_SEQ_LENGTH))
-    pick("n_devices", resolve_n_devices(out, model))
-    for key in ("n_epochs", "batch_size", "lora_rank", "max_seq_length", "n_devices"):
+    for key in ("n_epochs", "batch_size", "lora_rank", "max_seq_length"):
         out[key] = int(out[key])
     if method == "reinforcement":
         from openft.domain.reinforcement import resolve_reinforcement
 
         resolve_reinforcement(out, total_steps(n_examples, out["batch_size"], out["n_epochs"]), n_validation)
+    if out.get("n_devices", AUTO) != AUTO:
+        out["n_devices"] = int(out["n_devices"])
+    return out
+
+
+def resolve_n_devices(hp: dict[str, Any], planned: int) -> dict[str, Any]:
+    """``hp`` with ``n_devices`` resolved: ``planned`` is the memory plan's fewest devices that hold
+    the job on the deployment's GPUs (1 on a CPU, or where nothing could be planned). A GPU worker
+    claims the job only when this many of its GPUs are free (``JobRuntime.claim_training``)."""
+    out = dict(hp)
+    if out.get("n_devices", AUTO) == AUTO:
+        out["n_devices"] = int(planned)
     return out
 
 

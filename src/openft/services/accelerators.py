@@ -10,13 +10,23 @@ deployment's GPU workers can run a job.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from openft.domain.hyperparameters import AUTO
 from openft.settings import Settings
 from openft.training.hardware import cpu_has_native_bf16, cuda_devices, host_memory_bytes
-from openft.training.memory import GIB, DeviceMemory, ModelShape, Plan, Setup, UnknownArchitecture, plan
+from openft.training.memory import (
+    GIB,
+    DeviceMemory,
+    ModelShape,
+    Plan,
+    Setup,
+    UnknownArchitecture,
+    plan,
+    plan_devices,
+)
 
 if TYPE_CHECKING:
     from openft.services.workers import WorkerRegistry
@@ -68,6 +78,18 @@ def device_memory(settings: Settings, registry: WorkerRegistry | None = None) ->
     return DeviceMemory("cpu", name, host_memory_bytes())
 
 
+def devices_per_worker(settings: Settings, registry: WorkerRegistry | None = None) -> int:
+    """The most devices one job can get: the GPUs visible here, else those of the live worker with
+    the most; 1 on the CPU (one CPU's RAM is not more for being split among ranks)."""
+    if settings.cuda_available is False:
+        return 1
+    local = len(cuda_devices())
+    if local:
+        return local
+    registered = [len(w.gpus) for w in registry.live()] if registry is not None else []
+    return max([1, *registered])
+
+
 def memory_plan(
     settings: Settings,
     model_dir: Path,
@@ -76,7 +98,8 @@ def memory_plan(
     hp: dict[str, Any],
     registry: WorkerRegistry | None = None,
 ) -> Plan | None:
-    """The memory plan for a job's resolved hyperparameters on this deployment's training device.
+    """The memory plan for a job's resolved hyperparameters on this deployment's training device,
+    on ``n_devices`` of them; for ``n_devices: auto`` on the fewest that fit (``Plan.n_devices``).
 
     Raises ``DoesNotFit`` when even gradient checkpointing and one example per micro-batch do not fit.
     None when nothing can be planned: an architecture the estimate cannot size, or unknown memory.
@@ -94,6 +117,14 @@ def memory_plan(
         fine_tuning_type=hp["fine_tuning_type"],
         lora_rank=int(hp["lora_rank"]),
         lora_targets=hp["lora_target_modules"],
-        bf16=device.kind == "cuda" or cpu_has_native_bf16(),
+        bf16=device.kind == "cuda"
+        or settings.cpu_autocast == "bf16"
+        or (settings.cpu_autocast == "auto" and cpu_has_native_bf16()),
     )
-    return plan(shape, setup, device, int(hp["max_seq_length"]), hp.get("gradient_checkpointing", AUTO))
+    checkpointing = hp.get("gradient_checkpointing", AUTO)
+    n_devices = hp.get("n_devices", 1)
+    if n_devices == AUTO:
+        most = devices_per_worker(settings, registry)
+        return plan_devices(shape, setup, device, int(hp["max_seq_length"]), checkpointing, most)
+    setup = replace(setup, n_devices=int(n_devices))
+    return plan(shape, setup, device, int(hp["max_seq_length"]), checkpointing)

@@ -10,6 +10,12 @@ worker is alive (``OPENFT_PARENT_PID``, a fallback for ``PR_SET_PDEATHSIG``) and
 file (``LEASE_FILE`` in the output directory, rewritten by each worker that claims the job) still
 holds the token it started with. If not, it exits at once with ``EXIT_ORPHANED`` or
 ``EXIT_FENCED`` and writes nothing more: another worker may be resuming the job in that directory.
+
+Started by torchrun (``n_devices > 1``), the child is one rank of several: it dies with torchrun's
+agent (which dies with the worker) and watches the agent as its parent; rank 0 alone writes protocol
+lines, except that any rank reports its own error. A rank that fails because another one died (a
+collective broke) writes nothing and exits with ``EXIT_GROUP_LOST``: the worker requeues the job as
+it does for any training process that died.
 """
 
 from __future__ import annotations
@@ -24,7 +30,15 @@ import warnings
 from pathlib import Path
 from typing import Any, TextIO
 
-from openft.training.launch import EXIT_FENCED, EXIT_ORPHANED, LEASE_FILE, PARENT_PID_ENV
+from openft.training.launch import (
+    EXIT_FENCED,
+    EXIT_ORPHANED,
+    LEASE_FILE,
+    PARENT_PID_ENV,
+    die_with_agent,
+    group_lost,
+    launched_ranks,
+)
 from openft.training.spec import (
     ERROR_MODEL_LOAD,
     ERROR_NAN_LOSS,
@@ -32,6 +46,10 @@ from openft.training.spec import (
     ERROR_TRAINING,
     TrainingSpec,
 )
+
+EXIT_GROUP_LOST = 72
+# After an exception, how long a rank waits to see whether a peer died (then it was not the cause).
+GROUP_LOSS_WAIT_SECONDS = 3.0
 
 
 class Ownership:
@@ -43,9 +61,12 @@ class Ownership:
         self.token = self._read_token()
 
     @classmethod
-    def from_env(cls, output_dir: str | Path) -> Ownership:
+    def from_env(cls, output_dir: str | Path, parent_pid: int | None = None) -> Ownership:
+        """``parent_pid``: the parent to watch when it is not the worker (a rank's torchrun agent)."""
         raw = os.environ.get(PARENT_PID_ENV)
-        return cls(int(raw) if raw else None, Path(output_dir) / LEASE_FILE)
+        if parent_pid is None and raw:
+            parent_pid = int(raw)
+        return cls(parent_pid, Path(output_dir) / LEASE_FILE)
 
     def _read_token(self) -> str | None:
         if self.lease_path is None:
@@ -126,26 +147,19 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout = sys.stderr
     logging.basicConfig(stream=sys.stderr, level=logging.WARNING)
     warnings.simplefilter("default")
+    ranks = launched_ranks()
+    agent = None
+    if ranks is not None and ranks.world_size > 1:
+        raw = os.environ.get(PARENT_PID_ENV)
+        agent = die_with_agent(int(raw) if raw else None)
     reporter = JsonLinesReporter(protocol)
     signal.signal(signal.SIGUSR1, lambda *_: reporter.request("pause"))
     signal.signal(signal.SIGTERM, lambda *_: reporter.request("cancel"))
     spec: TrainingSpec | None = None
     try:
         spec = TrainingSpec.from_json(Path(args[0]).read_text(encoding="utf-8"))
-        reporter.ownership = Ownership.from_env(spec.output_dir)
+        reporter.ownership = Ownership.from_env(spec.output_dir, parent_pid=agent)
         reporter.ownership.check()
-        if spec.n_devices > 1:
-            # The worker schedules several GPUs per job already; training across them (torchrun,
-            # DDP/FSDP) is not built yet. Say so rather than train on one and report n_devices.
-            reporter.emit(
-                {
-                    "type": "error",
-                    "code": ERROR_TRAINING,
-                    "message": f"n_devices={spec.n_devices}: training one job on several devices is not "
-                    "supported yet; create the job with n_devices 1 (or auto).",
-                }
-            )
-            return 1
         if spec.method == "reinforcement":
             from openft.training.reinforcement import train
         else:
@@ -154,13 +168,36 @@ def main(argv: list[str] | None = None) -> int:
         train(spec, reporter)
     except BaseException as exc:  # noqa: BLE001 - every failure must become an error line
         traceback.print_exc(file=sys.stderr)
+        if ranks is not None and group_lost(agent, ranks.local_world_size, GROUP_LOSS_WAIT_SECONDS):
+            print(
+                "training rank: another rank died; leaving the error to the worker",
+                file=sys.stderr,
+                flush=True,
+            )
+            # At once: the broken group's threads may still hold tensors that a normal interpreter
+            # shutdown would free without the GIL (an abort).
+            os._exit(EXIT_GROUP_LOST)
         code = ERROR_TRAINING if isinstance(exc, KeyboardInterrupt) else error_code(exc)
         message = f"{type(exc).__name__}: {exc}"
         if code == ERROR_OUT_OF_MEMORY and spec is not None:
             message = out_of_memory_message(spec, exc, reporter.last_step)
         reporter.emit({"type": "error", "code": code, "message": message})
+        if ranks is not None:
+            leave_now(protocol, 1)
         return 1
+    if ranks is not None:
+        leave_now(protocol, 0)
     return 0
+
+
+def leave_now(protocol: TextIO, code: int) -> None:
+    """A rank's exit once its work is written: without the interpreter's teardown, in which a
+    process-group thread left joinable occasionally aborts the process ("terminate called without
+    an active exception", seen under load with gloo) and would turn a finished run into a failed
+    one. Everything the rank wrote is flushed or closed (checkpoints are fsynced) by then."""
+    protocol.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def out_of_memory_message(spec: TrainingSpec, exc: BaseException, last_step: int) -> str:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from openft.training.hardware import cpu_has_native_bf16, cpu_name, host_memory_bytes
+from openft.training.launch import launched_ranks
 from openft.training.memory import GIB, DeviceMemory, Setup, gib
 from openft.training.spec import TrainingSpec
 
@@ -58,9 +59,13 @@ class Device:
     def kind(self) -> Literal["cpu", "cuda"]:
         return "cuda" if self.torch_device.type == "cuda" else "cpu"
 
-    def precision(self) -> contextlib.AbstractContextManager:
-        """The autocast context every forward runs under."""
-        return torch.autocast(self.torch_device.type, dtype=torch.bfloat16, enabled=self.compute == "bf16")
+    def precision(self, cache: bool = True) -> contextlib.AbstractContextManager:
+        """The autocast context every forward runs under. ``cache=False`` casts each weight again
+        when it is used instead of keeping every cast until the forward ends: under FSDP2 the
+        cached bf16 copies would be a whole unsharded model per rank."""
+        return torch.autocast(
+            self.torch_device.type, dtype=torch.bfloat16, enabled=self.compute == "bf16", cache_enabled=cache
+        )
 
     def base_dtype(self, fine_tuning_type: str) -> torch.dtype:
         """The dtype the base model loads in: bf16 only for a frozen base on CUDA."""
@@ -133,16 +138,28 @@ def select(spec: TrainingSpec) -> Device:
 
 
 def _cpu(spec: TrainingSpec) -> Device:
-    threads = int(spec.extra.get("num_threads") or len(os.sched_getaffinity(0)))
+    ranks = launched_ranks()
+    processes = ranks.local_world_size if ranks else 1
+    # Several ranks on one CPU (gloo) split its cores and its RAM between them.
+    threads = int(spec.extra.get("num_threads") or max(1, len(os.sched_getaffinity(0)) // processes))
     torch.set_num_threads(threads)
     compute = resolve_autocast(spec.extra.get("autocast", "auto"))
-    memory = DeviceMemory("cpu", "CPU RAM", host_memory_bytes())
-    description = f"Training on CPU: {cpu_name()}, {threads} threads, {compute} (master weights fp32)"
+    memory = DeviceMemory("cpu", "CPU RAM", host_memory_bytes() // processes)
+    if processes > 1:
+        description = (
+            f"Training on {processes} CPU processes: {cpu_name()}, {threads} thread(s) each, {compute} "
+            "(master weights fp32)"
+        )
+    else:
+        description = f"Training on CPU: {cpu_name()}, {threads} threads, {compute} (master weights fp32)"
     return Device(torch.device("cpu"), compute, memory, description)
 
 
 def _cuda(spec: TrainingSpec) -> Device:
-    device = torch.device("cuda", 0)  # the worker makes the job's GPU the only one visible
+    # The worker makes the job's GPUs the only ones visible; torchrun's rank N trains on the Nth.
+    ranks = launched_ranks()
+    devices = ranks.local_world_size if ranks else 1
+    device = torch.device("cuda", ranks.local_rank if ranks else 0)
     torch.cuda.set_device(device)
     if spec.extra.get("cuda_memory_fraction"):
         # A share of the GPU (another process uses the rest); past it the allocator raises OutOfMemoryError.
@@ -160,9 +177,7 @@ def _cuda(spec: TrainingSpec) -> Device:
         "qlora": "base weights 4-bit NF4, LoRA weights and optimizer fp32",
         "full": "master weights and optimizer fp32",
     }[spec.fine_tuning_type]
-    description = (
-        f"Training on 1 x {props.name} ({props.total_memory / GIB:.0f} GiB), bf16 ({held}; {attention})"
-    )
+    description = f"Training on {devices} x {props.name} ({props.total_memory / GIB:.0f} GiB), bf16 ({held}; {attention})"
     return Device(device, "bf16", memory, description, varlen=kernel)
 
 

@@ -20,9 +20,17 @@ SmolLM2...) and how ``training/devices.py`` keeps tensors on each device kind:
   at a time is recomputed. CPU rows carry a dense L x L mask (see ``training/packing.py``); CUDA rows
   use varlen attention, linear in L.
 
+On ``n_devices`` ranks (``training/distributed.py``) the estimate is per device. Full fine-tuning
+shards (FSDP2): each rank holds 1/N of the fp32 weights, gradients and AdamW state, plus the
+unsharded fp32 weights of the two layers in flight (one computing, one prefetched) and autocast's
+bf16 copies of every linear weight, which backward keeps until it reaches their layer. LoRA and
+QLoRA replicate (DDP): every rank holds everything, plus DDP's fp32 gradient buckets. CPU ranks
+share one machine's RAM.
+
 ``plan`` turns the estimate into decisions: gradient checkpointing (only when the longest example
 does not fit without it) and the packed tokens per micro-batch; or ``DoesNotFit`` naming the model,
-what it needs, what there is and what would fit.
+what it needs, what there is and what would fit. ``plan_devices`` also picks ``n_devices`` for
+``auto``: the fewest devices the estimate allows.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 GIB = 1024**3
+MAX_DEVICES = 64  # the most n_devices a job may ask for (domain/hyperparameters.py)
 DeviceKind = Literal["cpu", "cuda"]
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -155,10 +164,15 @@ class Setup:
     lora_rank: int = 16
     lora_targets: str | list[str] = "all-linear"
     bf16: bool = True  # bf16 compute (autocast); False on CPUs without native bf16
+    n_devices: int = 1  # ranks the job trains on: FSDP2 shards full fine-tuning over them
 
     @property
     def adapters(self) -> bool:
         return self.fine_tuning_type in ("lora", "qlora")
+
+    @property
+    def sharded(self) -> bool:
+        return self.n_devices > 1 and not self.adapters
 
 
 @dataclass(frozen=True)
@@ -191,6 +205,16 @@ def gib(n: int | float) -> str:
 def weight_bytes(shape: ModelShape, setup: Setup) -> int:
     linear = shape.num_layers * shape.layer_linear_parameters
     other = shape.parameters - linear
+    if setup.sharded:
+        # FSDP2: a 1/N shard of the fp32 master weights, two layers gathered whole at a time, and
+        # autocast's bf16 copies of every linear weight, saved for backward (not sharded; with
+        # gradient checkpointing ``estimate`` keeps one layer's: the recipe disables autocast's cache).
+        n = setup.n_devices
+        layer = shape.layer_linear_parameters + 2 * shape.hidden_size
+        weights = math.ceil(4 * shape.parameters / n) + 2 * 4 * layer + (2 * linear if setup.bf16 else 0)
+        if setup.method == "dpo":
+            weights += math.ceil((2 if setup.device == "cuda" else 4) * shape.parameters / n)
+        return weights
     if setup.device == "cuda" and setup.fine_tuning_type == "qlora":
         # NF4 with double-quantised block constants; embeddings, head and norms stay bf16. The
         # largest linear is dequantised to bf16 (and its input gradient computed) one at a time.
@@ -241,12 +265,19 @@ def estimate(shape: ModelShape, setup: Setup, tokens: int, gradient_checkpointin
     if setup.adapters:
         adapters = 4 * shape.lora_parameters(setup.lora_rank, setup.lora_targets)
         trained = adapters // 4
+        # DDP reduces gradients through fp32 buckets of their own
+        optimizer = 12 * trained + (4 * trained if setup.n_devices > 1 else 0)
     else:
         adapters, trained = 0, shape.parameters
+        optimizer = math.ceil(12 * trained / setup.n_devices)  # sharded by FSDP2 (1 device: all)
+    weights = weight_bytes(shape, setup)
+    if setup.sharded and setup.bf16 and gradient_checkpointing:
+        # recomputed layer by layer in backward: one layer's bf16 copies at a time, not every layer's
+        weights -= 2 * (shape.num_layers - 1) * shape.layer_linear_parameters
     return Estimate(
-        weights=weight_bytes(shape, setup),
+        weights=weights,
         adapters=adapters,
-        optimizer=12 * trained,
+        optimizer=optimizer,
         activations=int(activations),
         tokens=tokens,
         gradient_checkpointing=gradient_checkpointing,
@@ -266,6 +297,12 @@ class DeviceMemory:
     def usable_bytes(self) -> int:
         return max(0, int(self.total_bytes * _USABLE_FRACTION) - _RESERVED_BYTES[self.kind])
 
+    def shared_by(self, processes: int) -> DeviceMemory:
+        """Each of ``processes`` CPU ranks' part of this machine's RAM (a GPU is one rank's own)."""
+        if self.kind != "cpu" or processes <= 1:
+            return self
+        return replace(self, total_bytes=self.total_bytes // processes)
+
     def describe(self) -> str:
         where = f"{self.name}, set by {self.source}" if self.source else self.name
         return f"{gib(self.total_bytes)} GiB ({where})"
@@ -275,7 +312,8 @@ class DeviceMemory:
 class Plan:
     gradient_checkpointing: bool
     micro_batch_tokens: int
-    estimate: Estimate
+    estimate: Estimate  # per device
+    n_devices: int = 1
 
 
 class DoesNotFit(Exception):
@@ -319,6 +357,7 @@ def plan(
     every layer costs about a third more compute); the micro-batch is then as long as memory allows,
     up to ``preferred_tokens`` (never shorter than that example).
     """
+    device = device.shared_by(setup.n_devices)
     room = device.usable_bytes
     longest = longest_row(setup, max_seq_length)
     preferred = max(longest, preferred_tokens or PREFERRED_MICRO_BATCH_TOKENS[device.kind])
@@ -326,9 +365,38 @@ def plan(
     for checkpointing in choices:
         tokens = _largest_fitting(shape, setup, longest, preferred, checkpointing, room)
         if tokens is not None:
-            return Plan(checkpointing, tokens, estimate(shape, setup, tokens, checkpointing))
+            return Plan(checkpointing, tokens, estimate(shape, setup, tokens, checkpointing), setup.n_devices)
     needed = estimate(shape, setup, longest, choices[-1])
     raise DoesNotFit(_does_not_fit_message(shape, setup, device, max_seq_length, needed), needed)
+
+
+def plan_devices(
+    shape: ModelShape,
+    setup: Setup,
+    device: DeviceMemory,
+    max_seq_length: int,
+    gradient_checkpointing: bool | str = "auto",
+    max_devices: int = 1,
+) -> Plan:
+    """``n_devices: auto``: the plan on the fewest devices (up to ``max_devices``) that fit. Only
+    full fine-tuning on GPUs gains memory from more devices (FSDP2 shards it; DDP replicates LoRA,
+    and CPU ranks share one RAM), so anything else is planned on one. Raises the one-device
+    ``DoesNotFit`` when none fits."""
+    gains = setup.fine_tuning_type == "full" and device.kind == "cuda"
+    refused: DoesNotFit | None = None
+    for n in range(1, max(1, max_devices) + 1 if gains else 2):
+        try:
+            return plan(shape, replace(setup, n_devices=n), device, max_seq_length, gradient_checkpointing)
+        except DoesNotFit as exc:
+            refused = refused or exc
+    assert refused is not None
+    raise refused
+
+
+def _fits_on(shape: ModelShape, setup: Setup, device: DeviceMemory, n: int, tokens: int) -> bool:
+    sharded = replace(setup, n_devices=n, device="cuda")
+    room = DeviceMemory("cuda", device.name, device.total_bytes).usable_bytes
+    return estimate(shape, sharded, tokens, True).total <= room
 
 
 def _does_not_fit_message(
@@ -348,11 +416,20 @@ def _does_not_fit_message(
         where = "" if device.kind == "cuda" else " on a CUDA worker"
         if qlora.total <= DeviceMemory("cuda", device.name, device.total_bytes).usable_bytes:
             options.append(f"fine_tuning_type 'qlora'{where} (about {gib(qlora.total)} GiB)")
-    # Sharding weights, gradients and optimizer state (FSDP) over n devices; activations stay per device.
-    static = needed.weights + needed.adapters + needed.optimizer
-    spare = room - needed.activations
-    if spare > 0:
-        options.append(f"{max(2, math.ceil(static / spare))} devices sharing the weights and optimizer state")
+    # Full fine-tuning sharded (FSDP2) over more GPUs; activations and bf16 copies stay per device.
+    if setup.fine_tuning_type == "full":
+        longest = longest_row(setup, max_seq_length)
+        more = next(
+            (
+                n
+                for n in range(setup.n_devices + 1, MAX_DEVICES + 1)
+                if _fits_on(shape, setup, device, n, longest)
+            ),
+            None,
+        )
+        if more is not None:
+            where = "" if device.kind == "cuda" else " GPUs (CPU ranks share one RAM)"
+            options.append(f"n_devices {more}{where}, sharding the weights and optimizer state")
     what = f"fine_tuning_type={setup.fine_tuning_type}" + (" (DPO)" if setup.method == "dpo" else "")
     fits = "; or ".join(options) if options else "nothing on this device: use a smaller base model"
     checkpointing = "with" if needed.gradient_checkpointing else "without"

@@ -34,16 +34,22 @@ def load_tokenizer(path: str) -> Any:
 
 
 def load_base(
-    path: str, device: Device | None = None, dtype: torch.dtype = torch.float32, quantized: bool = False
+    path: str,
+    device: Device | None = None,
+    dtype: torch.dtype = torch.float32,
+    quantized: bool = False,
+    placed: bool = True,
 ) -> torch.nn.Module:
     """The causal LM at ``path`` in ``dtype`` on ``device`` (default: fp32 on the CPU, SDPA).
 
     ``quantized``: linear weights in 4-bit NF4 (bitsandbytes, CUDA only), computing in bf16.
+    ``placed=False`` leaves the weights in RAM (set up for ``device`` all the same): FSDP2 moves
+    each rank's shard to its GPU, so the whole model never has to fit on one.
     """
     from transformers import AutoModelForCausalLM
 
     options: dict[str, Any] = {"dtype": dtype, "attn_implementation": device.attention if device else "sdpa"}
-    if device is not None and device.kind == "cuda":
+    if device is not None and device.kind == "cuda" and placed:
         options["device_map"] = {"": device.torch_device.index or 0}  # straight onto the GPU
     if quantized:
         from transformers import BitsAndBytesConfig
@@ -67,11 +73,14 @@ def load_base(
 
 
 def trainable_model(
-    spec: TrainingSpec, weights_dir: Path | None, device: Device | None = None
+    spec: TrainingSpec, weights_dir: Path | None, device: Device | None = None, sharded: bool = False
 ) -> torch.nn.Module:
-    """The model to optimise. ``weights_dir`` (a checkpoint's adapter/ or model/) overrides the start."""
+    """The model to optimise. ``weights_dir`` (a checkpoint's adapter/ or model/) overrides the start.
+    ``sharded``: FSDP2 will shard it (full fine-tuning on several ranks), so it loads into RAM."""
     if spec.fine_tuning_type == "full":
-        model = load_base(str(weights_dir) if weights_dir else spec.base_model_path, device)
+        model = load_base(
+            str(weights_dir) if weights_dir else spec.base_model_path, device, placed=not sharded
+        )
         model.requires_grad_(True)
         return _with_checkpointing(model, spec)
     from peft import LoraConfig, PeftModel, get_peft_model
@@ -112,13 +121,29 @@ def causal_lm(model: torch.nn.Module) -> torch.nn.Module:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+class ReferencePolicy:
+    """For DPO: ``with reference() as model`` yields the model computing the reference policy;
+    ``module`` is the frozen copy when there is one (for FSDP2 to shard with the trained model)."""
+
+    def __init__(
+        self,
+        context: Callable[[], contextlib.AbstractContextManager[torch.nn.Module]],
+        module: torch.nn.Module | None = None,
+    ) -> None:
+        self.context = context
+        self.module = module
+
+    def __call__(self) -> contextlib.AbstractContextManager[torch.nn.Module]:
+        return self.context()
+
+
 def reference_policy(
-    spec: TrainingSpec, model: torch.nn.Module, device: Device | None = None
-) -> Callable[[], contextlib.AbstractContextManager[torch.nn.Module]]:
-    """For DPO: a context that yields the model computing the reference policy.
+    spec: TrainingSpec, model: torch.nn.Module, device: Device | None = None, sharded: bool = False
+) -> ReferencePolicy:
+    """For DPO: the reference policy.
 
     LoRA: the same model with adapters disabled (no extra memory). Full: a frozen copy of the
-    base weights (not of a resumed checkpoint: the reference never moves).
+    base weights (not of a resumed checkpoint: the reference never moves); in RAM when ``sharded``.
     """
     if spec.fine_tuning_type in ADAPTER_TYPES:
 
@@ -127,24 +152,34 @@ def reference_policy(
             with model.disable_adapter():
                 yield causal_lm(model)
 
-        return adapters_off
+        return ReferencePolicy(adapters_off)
     dtype = device.reference_dtype() if device else torch.float32
-    frozen = load_base(spec.base_model_path, device, dtype).requires_grad_(False).eval()
+    frozen = load_base(spec.base_model_path, device, dtype, placed=not sharded).requires_grad_(False).eval()
 
     @contextlib.contextmanager
     def base_copy() -> Iterator[torch.nn.Module]:
         yield frozen
 
-    return base_copy
+    return ReferencePolicy(base_copy, frozen)
 
 
 def weights_subdir(spec: TrainingSpec) -> str:
     return "adapter" if spec.fine_tuning_type in ADAPTER_TYPES else "model"
 
 
-def save_servable(model: torch.nn.Module, tokenizer: Any, spec: TrainingSpec, directory: Path) -> Path:
-    """Write ``adapter/`` (PEFT format) or ``model/`` with the tokenizer and chat template beside it."""
+def save_servable(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    spec: TrainingSpec,
+    directory: Path,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``adapter/`` (PEFT format) or ``model/`` with the tokenizer and chat template beside it.
+    ``weights``: the whole model's weights when the model holds only a shard of them (FSDP2)."""
     target = directory / weights_subdir(spec)
-    model.save_pretrained(target)
+    if weights is None:
+        model.save_pretrained(target)
+    else:
+        model.save_pretrained(target, state_dict=weights)
     tokenizer.save_pretrained(target)
     return target

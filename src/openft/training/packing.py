@@ -113,6 +113,21 @@ def micro_batches(
     return [pack_row([s for unit in row for s in unit]).to(device) for row in pack(units, max_tokens)]
 
 
+def padding_row(device: torch.device | str | None = None) -> PackedRow:
+    """A row that trains nothing: one token, no target, no sequence. With several ranks, one with
+    fewer micro-batches in a step runs these so that every rank makes the same collective calls
+    (``training/distributed.py``); its loss is 0 and its gradients are zeros."""
+    zero = torch.zeros((1, 1), dtype=torch.long)
+    return PackedRow(
+        input_ids=zero,
+        position_ids=zero,
+        targets=torch.tensor([IGNORE_INDEX], dtype=torch.long),
+        sequence_index=torch.zeros(1, dtype=torch.long),
+        n_sequences=0,
+        lengths=(1,),
+    ).to(device)
+
+
 def forward_hidden(model: torch.nn.Module, row: PackedRow) -> torch.Tensor:
     """Final hidden states (L, H) of a causal LM's decoder for a packed row.
 

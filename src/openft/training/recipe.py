@@ -2,14 +2,18 @@
 
 Supervised (assistant-only cross-entropy) or DPO, LoRA, QLoRA or full, on packed padding-free
 micro-batches with fp32 trained weights under bf16 autocast, on the CPU or one CUDA device
-(``training/devices.py`` decides what differs). It resumes from the latest complete checkpoint in
-``output_dir/checkpoints/`` and is reproducible bit for bit on CPU for a given seed: shuffling uses
-its own seeded generator per epoch, and checkpoints carry every RNG state.
+(``training/devices.py`` decides what differs), or as one of ``n_devices`` ranks that torchrun
+started (``training/distributed.py``: DDP or FSDP2, each rank a share of every step, rank 0 alone
+reporting and writing). It resumes from the latest complete checkpoint in
+``output_dir/checkpoints/``, whichever number of ranks wrote it, and is reproducible bit for bit on
+CPU for a given seed and number of ranks: shuffling uses its own seeded generator per epoch, and
+checkpoints carry every RNG state.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import os
@@ -23,11 +27,10 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import torch
 
-from openft.training import checkpoints, devices
+from openft.training import checkpoints, devices, distributed
 from openft.training.data import Dataset, load_dataset
 from openft.training.labels import TokenizedSequence
 from openft.training.models import (
-    causal_lm,
     load_tokenizer,
     reference_policy,
     save_servable,
@@ -95,32 +98,40 @@ def linear_schedule(total_steps: int, warmup_ratio: float):
 
 
 def evaluate(
-    model: torch.nn.Module,
-    objective: Objective,
+    step: torch.nn.Module,
     examples: list[list[TokenizedSequence]],
     max_tokens: int,
     precision: contextlib.AbstractContextManager,
     device: torch.device | None = None,
+    group: distributed.Group | None = None,
 ) -> Tally:
+    """Loss and accuracy over ``examples`` through ``step`` (``Group.wrap``'s module), each rank
+    computing its share; the tally is every rank's."""
+    group = group or distributed.Group()
     tally = Tally()
-    model.eval()  # dropout off: evaluation consumes no randomness, so resume stays exact
+    step.eval()  # dropout off: evaluation consumes no randomness, so resume stays exact
     with torch.no_grad():
-        for row in micro_batches(examples, max_tokens, device):
+        for row in group.padded(micro_batches(group.share(examples), max_tokens, device), device):
             with precision:
-                _, row_tally = objective.row_loss(causal_lm(model), row, 1)
+                _, row_tally = step(row, 1)
             tally.add(row_tally)
-    model.train()
-    return tally
+    group.reshard(step)
+    step.train()
+    return group.total(tally)
 
 
 def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
     # ---- setup -------------------------------------------------------------------------------
     started = time.monotonic()
     out = Path(spec.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "spec.json").write_text(spec.to_json())
     ckpt_root = out / "checkpoints"
     device = devices.select(spec)
+    group = distributed.join(spec, device)
+    # Rank 0 alone reports and writes; every rank computes, and agrees on when to stop.
+    emit = reporter.emit if group.writes else (lambda line: None)
+    if group.writes:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "spec.json").write_text(spec.to_json())
     precision = device.precision
 
     tokenizer = load_tokenizer(spec.base_model_path)
@@ -128,10 +139,11 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
     valid: Dataset | None = None
     if spec.validation_file:
         valid = load_dataset(spec.validation_file, tokenizer, spec.method, spec.max_seq_length)
-    for message in [device.description] + data.messages:
-        reporter.emit({"type": "message", "level": "info", "message": message})
+    for message in [device.description, group.describe(spec), *data.messages]:
+        if message:
+            emit({"type": "message", "level": "info", "message": message})
     if data.truncated:
-        reporter.emit(
+        emit(
             {
                 "type": "message",
                 "level": "warn",
@@ -147,40 +159,56 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
     random.seed(spec.seed)
     np.random.seed(spec.seed % 2**32)
     torch.manual_seed(spec.seed)
-    model = trainable_model(spec, resume.path / weights_subdir(spec) if resume else None, device)
+    sharded = group.strategy == "fsdp"
+    if sharded:
+        precision = functools.partial(device.precision, cache=False)
+    model = trainable_model(spec, resume.path / weights_subdir(spec) if resume else None, device, sharded)
     model.train()
+    group.diverge_rng(spec.seed)
+    reference = reference_policy(spec, model, device, sharded) if spec.method == "dpo" else None
+    objective: Objective = (
+        DPOObjective(spec.beta if spec.beta is not None else 0.1, reference)
+        if reference is not None
+        else SupervisedObjective()
+    )
+    step = group.wrap(model, objective, reference.module if reference else None)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=spec.learning_rate, weight_decay=0.0)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, linear_schedule(total_steps, spec.warmup_ratio))
-    objective: Objective = (
-        DPOObjective(spec.beta if spec.beta is not None else 0.1, reference_policy(spec, model, device))
-        if spec.method == "dpo"
-        else SupervisedObjective()
-    )
     progress = Progress()
     if resume:
         state = resume.load_state()
-        optimizer.load_state_dict(state["optimizer"])
+        group.load_optimizer_state(step, optimizer, state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        device.restore_rng_state(state["rng"])
+        group.restore_rng(device, state)
         progress = Progress(**state["progress"])
-    with open(out / "metrics.jsonl", "w", encoding="utf-8") as handle:
-        handle.writelines(json.dumps(m) + "\n" for m in progress.history)
+    if group.writes:
+        with open(out / "metrics.jsonl", "w", encoding="utf-8") as handle:
+            handle.writelines(json.dumps(m) + "\n" for m in progress.history)
     run_offset = progress.elapsed_seconds
     last_checkpoint_time = time.monotonic()
-    reporter.emit({"type": "started", "total_steps": total_steps, "resumed_from_step": progress.step})
+    emit({"type": "started", "total_steps": total_steps, "resumed_from_step": progress.step})
 
-    def save_checkpoint(epoch_end: bool) -> checkpoints.Checkpoint:
+    def save_checkpoint(epoch_end: bool) -> checkpoints.Checkpoint | None:
+        """Every rank calls it (FSDP2 gathers the shards); rank 0 writes and gets the checkpoint."""
         progress.elapsed_seconds = run_offset + time.monotonic() - started
         state = {
-            "optimizer": optimizer.state_dict(),
+            "optimizer": group.optimizer_state(step, optimizer),
             "scheduler": scheduler.state_dict(),
             "rng": device.rng_state(),
+            "rank_rng": group.rng_states(device),
             "progress": progress.__dict__,
             "order": epoch_order(spec.seed, progress.epoch, n),
         }
+        weights = group.full_weights(model)
+        if not group.writes:
+            return None
         saved = checkpoints.save(
-            ckpt_root, progress.step, epoch_end, state, lambda d: save_servable(model, tokenizer, spec, d)
+            ckpt_root,
+            progress.step,
+            epoch_end,
+            state,
+            lambda d: save_servable(model, tokenizer, spec, d, weights),
         )
         checkpoints.prune(ckpt_root, spec.keep_checkpoints)
         return saved
@@ -190,29 +218,31 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
         order = epoch_order(spec.seed, progress.epoch, n)
         batches = [order[i : i + spec.batch_size] for i in range(0, n, spec.batch_size)]
         while progress.position < len(batches):
-            stop = reporter.stop_requested()
+            stop = group.agree(reporter.stop_requested())
             if stop == "cancel":
-                reporter.emit({"type": "cancelled", "step": progress.step})
+                emit({"type": "cancelled", "step": progress.step})
+                group.leave()
                 return TrainingResult("", progress.trained_tokens, progress.step, {}, stopped="cancel")
             if stop == "pause":
                 saved = save_checkpoint(epoch_end=False)
-                reporter.emit({"type": "paused", "step": progress.step, "path": str(saved.path)})
-                return TrainingResult(
-                    str(saved.path), progress.trained_tokens, progress.step, {}, stopped="pause"
-                )
+                path = str(saved.path) if saved else ""
+                emit({"type": "paused", "step": progress.step, "path": path})
+                group.leave()
+                return TrainingResult(path, progress.trained_tokens, progress.step, {}, stopped="pause")
 
-            rows = micro_batches(
-                [data.examples[i] for i in batches[progress.position]],
-                spec.micro_batch_tokens,
-                device.torch_device,
-            )
-            normaliser = objective.normaliser(rows)
+            share = group.share([data.examples[i] for i in batches[progress.position]])
+            rows = micro_batches(share, spec.micro_batch_tokens, device.torch_device)
+            tokens = group.sum(sum(row.n_tokens for row in rows))
+            rows = group.padded(rows, device.torch_device)
+            normaliser = group.sum(objective.normaliser(rows))
             tally = Tally()
-            for row in rows:
-                with precision():
-                    loss, row_tally = objective.row_loss(causal_lm(model), row, normaliser)
-                loss.backward()
+            for index, row in enumerate(rows):
+                with group.accumulating(step, last=index == len(rows) - 1):
+                    with precision():
+                        loss, row_tally = step(row, normaliser)
+                    group.scaled(loss).backward()
                 tally.add(row_tally)
+            tally = group.total(tally)
             if not math.isfinite(tally.loss_sum):
                 raise NonFiniteLossError(
                     f"The training loss became {tally.loss_sum} at step {progress.step + 1}; stopping. "
@@ -222,7 +252,6 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            tokens = sum(row.n_tokens for row in rows)
             progress.step += 1
             progress.position += 1
             progress.trained_tokens += tokens
@@ -237,24 +266,20 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
                 first = (progress.step // spec.eval_interval_steps - 1) * spec.batch_size
                 picked = [valid.examples[(first + k) % len(valid.examples)] for k in range(spec.batch_size)]
                 small = evaluate(
-                    model, objective, picked, spec.micro_batch_tokens, precision(), device.torch_device
+                    step, picked, spec.micro_batch_tokens, precision(), device.torch_device, group
                 )
                 metrics |= {"valid_loss": small.loss, "valid_mean_token_accuracy": small.accuracy}
             epoch_end = progress.position == len(batches)
             if epoch_end and valid and valid.examples:
                 full = evaluate(
-                    model,
-                    objective,
-                    valid.examples,
-                    spec.micro_batch_tokens,
-                    precision(),
-                    device.torch_device,
+                    step, valid.examples, spec.micro_batch_tokens, precision(), device.torch_device, group
                 )
                 metrics |= {"full_valid_loss": full.loss, "full_valid_mean_token_accuracy": full.accuracy}
             progress.history.append(metrics)
-            with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:
-                handle.write(json.dumps(metrics) + "\n")
-            reporter.emit(
+            if group.writes:
+                with open(out / "metrics.jsonl", "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(metrics) + "\n")
+            emit(
                 {
                     "type": "metrics",
                     "step": progress.step,
@@ -269,32 +294,35 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
                 progress.position = 0
                 saved = save_checkpoint(epoch_end=True)
                 last_checkpoint_time = time.monotonic()
-                reporter.emit(
+                emit(
                     {
                         "type": "checkpoint",
                         "step": progress.step,
-                        "path": str(saved.path),
+                        "path": str(saved.path) if saved else "",
                         "metrics": metrics,
                         "epoch": progress.epoch,
                         "epoch_end": True,
                     }
                 )
                 break
-            if time.monotonic() - last_checkpoint_time >= spec.checkpoint_interval_seconds:
+            if group.any(time.monotonic() - last_checkpoint_time >= spec.checkpoint_interval_seconds):
                 save_checkpoint(epoch_end=False)
                 last_checkpoint_time = time.monotonic()
 
     # ---- save --------------------------------------------------------------------------------
     final = out / "final"
-    staging = out / f".final-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    save_servable(model, tokenizer, spec, staging)
-    (staging / "spec.json").write_text(spec.to_json())
-    shutil.rmtree(final, ignore_errors=True)
-    os.rename(staging, final)
+    weights = group.full_weights(model)
+    if group.writes:
+        staging = out / f".final-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        save_servable(model, tokenizer, spec, staging, weights)
+        (staging / "spec.json").write_text(spec.to_json())
+        shutil.rmtree(final, ignore_errors=True)
+        os.rename(staging, final)
+    group.leave()
     final_metrics = dict(progress.history[-1]) if progress.history else {}
     result = TrainingResult(str(final), progress.trained_tokens, progress.step, final_metrics)
-    reporter.emit(
+    emit(
         {
             "type": "result",
             "output_path": result.output_path,

@@ -19,6 +19,10 @@ stdout, each with a ``"type"``:
 
 Signals: SIGUSR1 asks the child to checkpoint at the next step boundary and exit (pause,
 drain); SIGTERM asks it to stop at the next step boundary without saving (cancel).
+
+With ``n_devices > 1`` the child is torchrun's agent and its ranks (``launch.py``): the agent
+forwards both signals to every rank, rank 0 alone writes the lines above, and any rank may write
+an ``error`` line of its own failure; a rank that fails because another one died writes nothing.
 """
 
 from __future__ import annotations

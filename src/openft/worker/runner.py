@@ -48,13 +48,16 @@ class ChildLauncher(Protocol):
 
 
 class SubprocessLauncher:
-    """Runs ``python -m openft.training.child SPEC`` with tcmalloc preloaded where available; the
-    child dies with the worker (``PR_SET_PDEATHSIG``) so a killed worker leaves no trainer behind."""
+    """Runs ``python -m openft.training.child SPEC`` with tcmalloc preloaded where available, or, for
+    a spec with ``n_devices > 1``, torchrun starting that many ranks of it; the child (torchrun's
+    agent, whose ranks die with it) dies with the worker (``PR_SET_PDEATHSIG``) so a killed worker
+    leaves no trainer behind. Signals to it reach every rank."""
 
     def command(self, spec_path: Path) -> tuple[list[str], dict[str, str]]:
         from openft.training.launch import child_command
 
-        return child_command(spec_path)
+        n_devices = TrainingSpec.from_json(Path(spec_path).read_text(encoding="utf-8")).n_devices
+        return child_command(spec_path, n_devices, stop_grace_seconds=STOP_GRACE_SECONDS)
 
     def start(
         self, spec_path: Path, log_path: Path, *, cuda_visible_devices: str | None = None
@@ -175,6 +178,7 @@ def build_spec(services, job, seam: ModelSeam) -> TrainingSpec:
         checkpoint_interval_seconds=settings.checkpoint_interval_seconds,
         n_devices=int(hp.get("n_devices", 1)),
         gradient_checkpointing=bool(checkpointing),
+        extra={} if settings.cpu_autocast == "auto" else {"autocast": settings.cpu_autocast},
         **sizing,
         **extra,
     )

@@ -175,6 +175,19 @@ def validate_job(
     resolved = hp_rules.resolve_gradient_checkpointing(
         resolved, bool(planned and planned.gradient_checkpointing)
     )
+    devices = planned.n_devices if planned else 1
+    if method == "reinforcement" and devices > 1:
+        # The reinforcement recipe runs on one device: a job that needs more cannot run at all.
+        runtime.fail(
+            job.id,
+            claim.generation,
+            code=ERROR_OUT_OF_MEMORY,
+            message=f"This reinforcement job needs {devices} devices' memory for {job.base_model} with "
+            f"fine_tuning_type={resolved['fine_tuning_type']}, and reinforcement jobs train on one device. "
+            "Use fine_tuning_type 'lora' or 'qlora', or a smaller base model.",
+        )
+        return
+    resolved = hp_rules.resolve_n_devices(resolved, devices)
     steps = hp_rules.total_steps(train.n_examples, resolved["batch_size"], resolved["n_epochs"])
     stats = {
         "n_examples": train.n_examples,
