@@ -139,6 +139,6 @@ def test_a_paused_job_resumes_on_another_machine_from_the_bucket(client, service
     job = client.fine_tuning.jobs.retrieve(job.id)
     assert job.status == "succeeded", job.error
     messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
-    assert f"Resuming from the checkpoint at step {step}" in messages
+    assert f"Resuming from the checkpoint at step {step}" in messages, messages
     steps = _metrics_steps(client, job.id)
     assert sorted(steps) == list(range(1, 13))  # every step once: none lost, none repeated

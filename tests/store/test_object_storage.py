@@ -78,6 +78,20 @@ def test_a_tree_without_its_manifest_is_torn_and_never_read(artifacts, bucket, t
         artifacts.local_dir(checkpoint_key("ftjob-1", 9))
 
 
+def test_a_directory_that_vanished_is_never_published_as_an_empty_tree(artifacts, bucket, tmp_path):
+    # A checkpoint saved again at its step is briefly absent locally; publishing it then must fail,
+    # not commit a manifest with no files (every resume would take it and start from step 0).
+    artifacts.publish(
+        _tree(tmp_path / "models/jobs/ftjob-1/checkpoints/step-4", CHECKPOINT),
+        "jobs/ftjob-1/checkpoints/step-4",
+    )
+    gone = tmp_path / "models/jobs/ftjob-1/checkpoints/step-8"
+    with pytest.raises(FileNotFoundError):
+        artifacts.publish(gone, checkpoint_key("ftjob-1", 8))
+    assert not any("step-8" in name for name in _names(bucket))
+    assert artifacts.latest_checkpoint("ftjob-1") == (4, checkpoint_key("ftjob-1", 4))
+
+
 def test_publishing_a_key_again_replaces_the_tree_and_drops_the_old_files(artifacts, bucket, tmp_path):
     local = _tree(tmp_path / "models/jobs/ftjob-1/final", {"adapter/a.bin": b"one"})
     artifacts.publish(local, "jobs/ftjob-1/final")

@@ -120,6 +120,30 @@ def test_train_paused_then_resumed_equals_uninterrupted(tiny_model_dir, tmp_path
     assert whole_losses == split_losses
 
 
+def test_a_pause_right_after_an_epoch_end_keeps_that_checkpoint_unwritten(tiny_model_dir, tmp_path):
+    # A worker may still be publishing the epoch's checkpoint: the pause must not rewrite it.
+    spec = make_spec(tmp_path, tiny_model_dir, code_word_rows(8), n_epochs=2)  # 2 steps per epoch
+    reporter = RecordingReporter(stop="pause", stop_after=2)
+    seen: dict[str, int] = {}
+    emit = reporter.emit
+
+    def note_inode(line: dict) -> None:
+        if line["type"] == "checkpoint":
+            seen["inode"] = (Path(line["path"]) / checkpoints.STATE_FILE).stat().st_ino
+        emit(line)
+
+    reporter.emit = note_inode
+    result = train(spec, reporter)
+    assert result.stopped == "pause" and reporter.lines[-1]["step"] == 2
+    assert [c["step"] for c in reporter.of_type("checkpoint")] == [2]
+    assert result.output_path == reporter.of_type("checkpoint")[0]["path"]
+    assert (Path(result.output_path) / checkpoints.STATE_FILE).stat().st_ino == seen["inode"]
+
+    resumed = RecordingReporter()
+    assert train(spec, resumed).steps == 4
+    assert resumed.of_type("started")[0]["resumed_from_step"] == 2
+
+
 def test_train_cancel_stops_at_step_boundary_without_result(tiny_model_dir, tmp_path):
     spec = make_spec(tmp_path, tiny_model_dir, code_word_rows(8), n_epochs=3)
     reporter = RecordingReporter(stop="cancel", stop_after=1)

@@ -209,6 +209,10 @@ class S3Artifacts:
                         f"{name}/{upload}/{rel}", iter(lambda h=handle: h.read(CHUNK), b"")
                     )
                 files[rel] = {"bytes": size, "sha256": sha256}
+            if not files:
+                # A directory that vanished (rglob of a missing path yields nothing): never commit an
+                # empty tree, which would look complete to every resume.
+                raise FileNotFoundError(f"nothing to publish at {local}")
             if before_commit is not None:
                 before_commit()
             manifest = {"key": key, "upload": upload, "files": files, "created_at": int(time.time())}

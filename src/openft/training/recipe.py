@@ -189,8 +189,15 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
     last_checkpoint_time = time.monotonic()
     emit({"type": "started", "total_steps": total_steps, "resumed_from_step": progress.step})
 
+    last_saved: dict[str, Any] = {"step": None, "checkpoint": None}
+
     def save_checkpoint(epoch_end: bool) -> checkpoints.Checkpoint | None:
-        """Every rank calls it (FSDP2 gathers the shards); rank 0 writes and gets the checkpoint."""
+        """Every rank calls it (FSDP2 gathers the shards); rank 0 writes and gets the checkpoint.
+        A step already saved in this run (a pause right after an epoch end or a timed checkpoint)
+        is not written again: nothing changed, and rewriting it would pull the directory from under
+        the worker that is publishing it."""
+        if last_saved["step"] == progress.step:
+            return last_saved["checkpoint"]
         progress.elapsed_seconds = run_offset + time.monotonic() - started
         state = {
             "optimizer": group.optimizer_state(step, optimizer),
@@ -211,6 +218,7 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
             lambda d: save_servable(model, tokenizer, spec, d, weights),
         )
         checkpoints.prune(ckpt_root, spec.keep_checkpoints)
+        last_saved.update(step=progress.step, checkpoint=saved)
         return saved
 
     # ---- loop --------------------------------------------------------------------------------
