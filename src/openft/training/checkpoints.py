@@ -77,7 +77,7 @@ def save(
     (temp / COMPLETE_MARKER).write_text(json.dumps({"step": step, "epoch_end": epoch_end}))
     _fsync_tree(temp)
     if final.exists():
-        # The same step saved again (a pause right after an epoch end, or a repeated step after resume).
+        # The same step saved again by a later run (a step repeated after a resume).
         _remove(final)
     os.rename(temp, final)
     _fsync_dir(root)

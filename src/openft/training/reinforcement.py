@@ -166,12 +166,12 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
     warned: set[str] = set()
     reporter.emit({"type": "started", "total_steps": total_steps, "resumed_from_step": progress.step})
 
-    last_saved: list[checkpoints.Checkpoint] = []
+    last_saved: dict[str, Any] = {"step": None, "checkpoint": None}
 
     def save_checkpoint(epoch_end: bool) -> checkpoints.Checkpoint:
         # A step already saved in this run is not rewritten (see the supervised recipe).
-        if last_saved and last_saved[-1].step == progress.step:
-            return last_saved[-1]
+        if last_saved["step"] == progress.step:
+            return last_saved["checkpoint"]
         progress.elapsed_seconds = run_offset + time.monotonic() - started
         state = {
             "optimizer": optimizer.state_dict(),
@@ -183,7 +183,7 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
             ckpt_root, progress.step, epoch_end, state, lambda d: save_servable(model, tokenizer, spec, d)
         )
         checkpoints.prune(ckpt_root, spec.keep_checkpoints)
-        last_saved[:] = [saved]
+        last_saved.update(step=progress.step, checkpoint=saved)
         return saved
 
     def warn_grader_errors(step: int, results: list[GradeResult]) -> None:
