@@ -54,6 +54,9 @@ class AdapterSet:
         self._stacks: dict[int, _Stack | None] = {}  # per LoRA layer; rebuilt after a load or eviction
         self._row_slots: Any = None  # per row of the running forward: its adapter's slot, -1 for the base
         self._masks: dict[tuple[int, ...], Any] = {}
+        # The fast decoder's fused projections (q/k/v, gate/up): their stacks side by side, by the modules' ids.
+        self._groups: dict[tuple[int, ...], _Stack | None] = {}
+        self._group_masks: dict[tuple[int, ...], Any] = {}
 
     def paths(self) -> list[str]:
         """Adapter paths loaded, least recently used first (safe from any thread)."""
@@ -101,16 +104,40 @@ class AdapterSet:
         finally:
             self._row_slots = None
             self._masks.clear()
+            self._group_masks.clear()
+
+    def lora_delta(self, modules: tuple[Any, ...], x: Any) -> Any:
+        """For ``FastDecoder``: what the rows' adapters add to the projections ``modules`` run as one matmul
+        (their outputs side by side), for ``x`` ``[rows, in]``; None when no row runs through an adapter.
+
+        Their stacks are joined as ``A = [A_q; A_k; A_v]`` and a block-diagonal ``B``, so it stays two
+        matmuls: each projection's output gets exactly its own ``B A x``, and zeros from the other blocks.
+        """
+        if self._row_slots is None:
+            return None
+        key = tuple(id(module) for module in modules)
+        if key not in self._groups:
+            self._groups[key] = self._join([self._stack_of(module) for module in modules], modules)
+        group = self._groups[key]
+        if group is None:
+            return None
+        mask = self._group_masks.get(group.owners)
+        if mask is None:
+            import torch
+
+            owners = torch.tensor(group.owners, device=self._row_slots.device)
+            mask = (self._row_slots.reshape(-1, 1) == owners).to(group.a.dtype)
+            self._group_masks[group.owners] = mask
+        import torch.nn.functional as F
+
+        return F.linear(F.linear(x.to(group.a.dtype), group.a) * mask, group.b).to(x.dtype)
 
     # -- the forward hook ------------------------------------------------------------------------------
 
     def _add_lora(self, module: Any, args: tuple, output: Any) -> Any:
         if self._row_slots is None:
             return output
-        key = id(module)
-        if key not in self._stacks:
-            self._stacks[key] = self._stack(module)
-        stack = self._stacks[key]
+        stack = self._stack_of(module)
         if stack is None:
             return output
         mask = self._masks.get(stack.owners)
@@ -124,6 +151,33 @@ class AdapterSet:
 
         x = args[0].to(stack.a.dtype)
         return output + F.linear(F.linear(x, stack.a) * mask, stack.b).to(output.dtype)
+
+    def _stack_of(self, module: Any) -> _Stack | None:
+        if not hasattr(module, "lora_A"):  # no loaded adapter targets this projection
+            return None
+        key = id(module)
+        if key not in self._stacks:
+            self._stacks[key] = self._stack(module)
+        return self._stacks[key]
+
+    @staticmethod
+    def _join(stacks: list[_Stack | None], modules: tuple[Any, ...]) -> _Stack | None:
+        if all(stack is None for stack in stacks):
+            return None
+        import torch
+
+        like = next(stack for stack in stacks if stack is not None)
+        a = torch.cat([stack.a for stack in stacks if stack is not None])
+        outs = [_out_features(module) for module in modules]
+        b = like.b.new_zeros((sum(outs), a.shape[0]))
+        row = column = 0
+        for stack, out in zip(stacks, outs, strict=True):
+            if stack is not None:
+                b[row : row + out, column : column + stack.b.shape[1]] = stack.b
+                column += stack.b.shape[1]
+            row += out
+        owners = tuple(slot for stack in stacks if stack is not None for slot in stack.owners)
+        return _Stack(a, b, owners)
 
     def _stack(self, module: Any) -> _Stack | None:
         import torch
@@ -160,6 +214,7 @@ class AdapterSet:
         with self._lock:
             self.loaded[path] = adapter
         self._stacks.clear()
+        self._groups.clear()
         return adapter
 
     def _adopt_layers(self, name: str, path: str) -> None:
@@ -201,8 +256,13 @@ class AdapterSet:
                     del self.loaded[path]
                 self.peft.delete_adapter(adapter.name)
                 self._stacks.clear()
+                self._groups.clear()
                 return True
         return False
+
+
+def _out_features(module: Any) -> int:
+    return (module.base_layer if hasattr(module, "base_layer") else module).weight.shape[0]
 
 
 def _adapter_bytes(path: str) -> int:

@@ -1,13 +1,15 @@
 """Continuous batching: the requests for one model decode together, joining and leaving between steps.
 
-One thread per loaded model runs the loop. Each turn it admits waiting requests while the batch has rows
+Each loaded model has a loop, and the engine's compute thread (``serving/compute.py``) gives the loops with
+work their turns. Each turn admits waiting requests while the batch has rows
 for them (the prompts admitted together are prefilled in one forward, and a request's ``n`` choices share its
 prefill), runs one decode step for every running choice at once (each row through its own LoRA adapter, or
 the base), samples, and drops the choices that finished or whose reader went away. A prefill pauses the
 decoding of the others for its duration (prompts are not split into chunks). Requests wait in a bounded queue; a request
 that finds it full gets a 429 at once.
 
-The thread starts with the first request and ends when nothing is running or waiting, giving the batch's
+A decode step runs through ``FastDecoder`` where the model's architecture allows (``serving/decoder.py``),
+through transformers' forward otherwise. When nothing is running or waiting, the loop gives the batch's
 key/value cache back.
 """
 
@@ -27,6 +29,8 @@ import torch
 from openft.errors import InvalidRequestError, OpenFTError, RateLimitError, ServerError
 from openft.serving.adapters import BASE, AdapterSet
 from openft.serving.choice import ChoiceText
+from openft.serving.compute import ComputeThread
+from openft.serving.decoder import FastDecoder
 from openft.serving.kv_cache import SlotCache
 from openft.serving.prompt import Prompt
 from openft.serving.protocols import GenerationEvent
@@ -49,6 +53,7 @@ class BatchModel:
     context_window: int
     vocab_size: int
     adapters: AdapterSet | None = None
+    decoder: FastDecoder | None = None  # the written-out decode step; None: transformers' forward
 
     def __post_init__(self) -> None:
         parameter = next(self.model.parameters())
@@ -124,14 +129,16 @@ class _Counters:
 
 
 class BatchLoop:
-    def __init__(self, model: BatchModel, *, max_batch: int, max_queue: int, label: str) -> None:
+    def __init__(
+        self, model: BatchModel, *, max_batch: int, max_queue: int, label: str, compute: ComputeThread
+    ) -> None:
         self.model = model
+        self._compute = compute
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.label = label
-        self._lock = threading.Condition()
+        self._lock = threading.Lock()
         self._waiting: deque[Submission] = deque()
-        self._thread: threading.Thread | None = None
         self._held = 0
         self._choices: list[_Choice] = []  # row i of the batch is _choices[i]; the loop's thread only
         self._cache = SlotCache(max_rows=max_batch, max_positions=model.context_window)
@@ -190,41 +197,39 @@ class BatchLoop:
 
     def _start_or_wake(self) -> None:
         # Called with the lock held.
-        if self._thread is None and self._waiting:
-            self._thread = threading.Thread(target=self._run, name="openft-generate", daemon=True)
-            self._thread.start()
-        self._lock.notify_all()
+        if self._waiting:
+            self._compute.wake(self)
 
     def _wake(self) -> None:
+        self._compute.wake(self)
+
+    # -- the loop: a turn at a time, on the engine's compute thread --------------------------------------
+
+    def turn(self) -> bool:
+        """Admit what fits, then one decode step for every running choice; False when there is nothing to do."""
         with self._lock:
-            self._lock.notify_all()
-
-    # -- the loop ----------------------------------------------------------------------------------------
-
-    def _run(self) -> None:
-        while True:
-            with self._lock:
-                admissions = self._take_admissions()
-                while not admissions and not self._choices:
-                    if not self._waiting:
-                        self._thread = None
-                        self._cache.release()
-                        return
-                    self._lock.wait()  # held, with nothing running: wait for the hold to end
-                    admissions = self._take_admissions()
-            try:
+            admissions = self._take_admissions()
+            if not admissions and not self._choices:
+                if not self._waiting:
+                    self._cache.release()
+                return False  # a held queue is woken again when the hold ends
+        try:
+            self._drop_finished()
+            self._admit(admissions)
+            # The admitted requests' first tokens reach their readers now, not after the next step.
+            wake_readers(self._touched)
+            self._touched.clear()
+            self._drop_finished()
+            if self._choices:
+                self._decode()
                 self._drop_finished()
-                self._admit(admissions)
-                self._drop_finished()
-                if self._choices:
-                    self._decode()
-                    self._drop_finished()
-            except Exception as exc:  # the batch's state is unknown: fail what runs, keep serving
-                logger.exception("decode step failed for %s", self.label)
-                self._fail_running(ServerError(f"Generation failed: {exc}"))
-            finally:
-                wake_readers(self._touched)
-                self._touched.clear()
+        except Exception as exc:  # the batch's state is unknown: fail what runs, keep serving
+            logger.exception("decode step failed for %s", self.label)
+            self._fail_running(ServerError(f"Generation failed: {exc}"))
+        finally:
+            wake_readers(self._touched)
+            self._touched.clear()
+        return True
 
     def _take_admissions(self) -> list[Submission]:
         """Waiting requests that fit the free rows, first come first served (called with the lock held)."""
@@ -358,21 +363,24 @@ class BatchLoop:
             span = max(c.length for c in choices) + 1
             self._cache.prepare(positions, span)
             attend = torch.arange(span, device=model.device)[None, :] <= positions[:, None]
-            mask = torch.zeros(attend.shape, dtype=model.dtype, device=model.device)
-            mask = mask.masked_fill_(~attend, torch.finfo(model.dtype).min)[:, None, None, :]
-            input_ids = torch.tensor([[c.last] for c in choices], device=model.device)
+            input_ids = torch.tensor([c.last for c in choices], device=model.device)
             names = [c.request.adapter_name for c in choices]
             with self._rows(names):
-                out = model.model(
-                    input_ids=input_ids,
-                    position_ids=positions[:, None],
-                    attention_mask=mask,
-                    use_cache=True,
-                    **{model.cache_argument: self._cache},
-                )
+                if model.decoder is not None:
+                    logits = model.decoder.step(input_ids, positions, self._cache, attend, model.adapters)
+                else:
+                    mask = torch.zeros(attend.shape, dtype=model.dtype, device=model.device)
+                    mask = mask.masked_fill_(~attend, torch.finfo(model.dtype).min)[:, None, None, :]
+                    logits = model.model(
+                        input_ids=input_ids[:, None],
+                        position_ids=positions[:, None],
+                        attention_mask=mask,
+                        use_cache=True,
+                        **{model.cache_argument: self._cache},
+                    ).logits[:, -1]
             for choice in choices:
                 choice.length += 1
-            tokens = self._sample(out.logits[:, -1])
+            tokens = self._sample(logits)
         counters = self._counters
         counters.steps += 1
         counters.largest_batch = max(counters.largest_batch, len(choices))

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from openft.errors import ServerError
+from openft.serving.compute import ComputeThread
 from openft.serving.prompt import build_prompt
 from openft.serving.protocols import Generation, ResolvedModel
 from openft.serving.request import ChatRequest
@@ -60,6 +61,7 @@ class InferenceEngine:
         max_queue: int = 64,
         device: str | None = None,
         dtype: str = "auto",
+        fast_decode: bool = True,
     ) -> None:
         if max_adapters < 1 or max_full_models < 1 or max_batch < 1 or max_queue < 0:
             raise ValueError("max_adapters, max_full_models and max_batch must be at least 1, max_queue 0.")
@@ -72,7 +74,11 @@ class InferenceEngine:
         self.max_queue = max_queue
         self._device = device
         self._dtype = dtype
+        # False: every model decodes through transformers' forward (the benchmark's comparison; a way out).
+        self.fast_decode = fast_decode
         self._registry_lock = threading.Lock()
+        # Every torch call of this engine (loading, prefill, decode) runs on this one thread.
+        self._compute = ComputeThread()
         self._bases: dict[str, _Loaded] = {}
         self._full: OrderedDict[str, _Loaded] = OrderedDict()
         # An adapter may bring its own tokenizer (a chat template trained in); prompts render before the
@@ -109,13 +115,16 @@ class InferenceEngine:
                     self._full.move_to_end(path)
                 else:
                     # An evicted model's loop finishes the requests it holds, then its thread ends.
-                    self._full[path] = self._load(path, tokenizer_fallback=str(model.base_path))
+                    fallback = str(model.base_path)
+                    self._full[path] = self._compute.call(
+                        lambda: self._load(path, tokenizer_fallback=fallback)
+                    )
                     while len(self._full) > self.max_full_models:
                         self._full.popitem(last=False)
                 return self._full[path]
             path = str(model.base_path)
             if path not in self._bases:
-                self._bases[path] = self._load(path, with_adapters=True)
+                self._bases[path] = self._compute.call(lambda: self._load(path, with_adapters=True))
             return self._bases[path]
 
     def _load(
@@ -126,6 +135,7 @@ class InferenceEngine:
 
         from openft.serving.adapters import AdapterSet
         from openft.serving.batch import BatchLoop, BatchModel
+        from openft.serving.decoder import FastDecoder
 
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
         dtype = getattr(torch, _resolve_dtype(self._dtype, device))
@@ -151,8 +161,12 @@ class InferenceEngine:
             context_window=window,
             vocab_size=model.config.get_text_config().vocab_size,
             adapters=adapters,
+            # Built before any adapter wraps the model's projections.
+            decoder=FastDecoder.build(model) if self.fast_decode else None,
         )
-        loop = BatchLoop(batch_model, max_batch=self.max_batch, max_queue=self.max_queue, label=path)
+        loop = BatchLoop(
+            batch_model, max_batch=self.max_batch, max_queue=self.max_queue, label=path, compute=self._compute
+        )
         return _Loaded(model=model, tokenizer=tokenizer, context_window=window, loop=loop)
 
     def _tokenizer_for(self, loaded: _Loaded, adapter_path: str | None) -> Any:

@@ -1,0 +1,172 @@
+"""The written-out decode step computes what transformers' forward computes, row by row, adapters included.
+
+Each row's reference is the model run by transformers on that row's whole sequence alone: no cache, no batch,
+no mask, so nothing the decoder does (fused projections, the slot cache, grouped-query attention over a
+batch of different lengths, stacked adapters) is shared with what it is checked against.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from openft.serving.adapters import BASE, AdapterSet
+from openft.serving.decoder import FastDecoder
+from openft.serving.kv_cache import SlotCache
+
+PROMPTS = [[5, 17, 33, 2, 9, 41, 7], [12, 3], [8, 8, 21, 30, 4]]
+
+
+def _model(config):
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+
+
+def _config(kind: str):
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config
+
+    shape = dict(
+        vocab_size=64,
+        hidden_size=48,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=6,
+        num_key_value_heads=2,  # grouped-query attention, as in SmolLM2 and Llama 3
+        max_position_embeddings=128,
+    )
+    if kind == "llama":
+        return LlamaConfig(**shape)
+    if kind == "qwen2":  # biases on q, k and v
+        return Qwen2Config(**shape, use_sliding_window=False)
+    return MistralConfig(**shape, sliding_window=None)
+
+
+def _reference(model, sequence: list[int]) -> torch.Tensor:
+    with torch.inference_mode():
+        return model(input_ids=torch.tensor([sequence])).logits[0, -1]
+
+
+def _decode(
+    model, decoder: FastDecoder, prompts: list[list[int]], nexts: list[int], adapters=None, names=None
+):
+    """Prefill each prompt alone (through its row's adapter) into its row of a SlotCache, then one decode step
+    for all rows together."""
+    cache = SlotCache(max_rows=8, max_positions=64)
+    with torch.inference_mode():
+        for row, prompt in enumerate(prompts):
+            with adapters.rows([names[row]]) if adapters is not None else contextlib.nullcontext():
+                out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+            cache.store(range(row, row + 1), [(layer.keys, layer.values) for layer in out.cache.layers])
+        positions = torch.tensor([len(p) for p in prompts])
+        span = int(positions.max()) + 1
+        cache.prepare(positions, span)
+        attend = torch.arange(span)[None, :] <= positions[:, None]
+        ids = torch.tensor(nexts)
+        if adapters is None:
+            return decoder.step(ids, positions, cache, attend)
+        with adapters.rows(names):
+            return decoder.step(ids, positions, cache, attend, adapters)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
+def test_a_decode_step_gives_each_row_the_logits_of_its_sequence_alone(kind):
+    model = _model(_config(kind))
+    decoder = FastDecoder.build(model)
+    assert decoder is not None
+    nexts = [11, 50, 2]
+    logits = _decode(model, decoder, PROMPTS, nexts)
+    for row, (prompt, token) in enumerate(zip(PROMPTS, nexts, strict=True)):
+        torch.testing.assert_close(logits[row], _reference(model, [*prompt, token]), rtol=0, atol=1e-5)
+
+
+def test_fusing_the_projections_leaves_transformers_forward_unchanged():
+    model = _model(_config("llama"))
+    before = _reference(model, PROMPTS[0])
+    q_before = model.model.layers[0].self_attn.q_proj.weight.clone()
+    FastDecoder.build(model)
+    assert torch.equal(_reference(model, PROMPTS[0]), before)
+    q = model.model.layers[0].self_attn.q_proj.weight
+    assert torch.equal(q, q_before)
+    # Re-seated, not copied: q is a view into the fused q/k/v tensor.
+    assert (
+        q.untyped_storage().data_ptr()
+        == model.model.layers[0].self_attn.k_proj.weight.untyped_storage().data_ptr()
+    )
+
+
+def test_rows_through_different_adapters_each_get_their_own_adapter(tiny_model_dir: Path, adapter_dirs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    decoder = FastDecoder.build(model)
+    adapters = AdapterSet(model, max_adapters=4, max_bytes=None)
+    names = [adapters.acquire(str(adapter_dirs[0])), BASE, adapters.acquire(str(adapter_dirs[1]))]
+    nexts = [40, 41, 42]
+    logits = _decode(model, decoder, PROMPTS, nexts, adapters, names)
+
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+        str(adapter_dirs[0]),
+        adapter_name="a",
+    ).eval()
+    reference.load_adapter(str(adapter_dirs[1]), adapter_name="b")
+    reference.set_adapter("a")
+    first = _reference(reference, [*PROMPTS[0], nexts[0]])
+    with reference.disable_adapter():
+        base = _reference(reference, [*PROMPTS[1], nexts[1]])
+    reference.set_adapter("b")
+    third = _reference(reference, [*PROMPTS[2], nexts[2]])
+    for row, expected in enumerate([first, base, third]):
+        torch.testing.assert_close(logits[row], expected, rtol=0, atol=1e-5)
+    assert not torch.allclose(first, _reference(model, [*PROMPTS[0], nexts[0]]), atol=1e-3)  # adapters matter
+
+
+def test_architectures_it_does_not_reproduce_decode_through_transformers():
+    from transformers import GPT2Config, LlamaConfig
+
+    assert FastDecoder.build(_model(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64))) is None
+    gelu = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        hidden_act="gelu",
+    )
+    assert FastDecoder.build(_model(gelu)) is None
+
+
+def test_the_engine_loads_and_decodes_on_its_one_compute_thread(models, monkeypatch):
+    from openft.serving import engine as engine_module
+    from openft.serving.engine import InferenceEngine
+    from openft.serving.request import parse_chat_request
+    from openft.serving.response import completion
+
+    threads = set()
+    check = engine_module._check_full_attention
+
+    def loading(model, path):
+        threads.add(("load", threading.current_thread().name))
+        return check(model, path)
+
+    monkeypatch.setattr(engine_module, "_check_full_attention", loading)
+    engine = InferenceEngine(dtype="float32")
+    request = parse_chat_request(
+        {"model": "tiny", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4}
+    )
+    model = models["tiny"]
+    engine.generate(model, request)  # loads the model
+    loaded = engine._bases[str(model.base_path)]
+    assert loaded.loop.model.decoder is not None  # the tiny Llama decodes through FastDecoder
+    loaded.model.lm_head.register_forward_pre_hook(
+        lambda module, args: threads.add(("run", threading.current_thread().name))
+    )
+    completion("tiny", engine.generate(model, request))
+    assert threads == {("load", "openft-compute"), ("run", "openft-compute")}
