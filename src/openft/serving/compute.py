@@ -8,12 +8,15 @@ against 26 ms on the only one. Loading a model on a request's thread and decodin
 cross that line, so the engine does both here, and its batch loops (one per loaded model) take turns: one
 prefill-or-decode turn each, round robin, which is what the cores could do anyway.
 
-The thread starts with the first piece of work and ends when there is none.
+The thread starts with the first piece of work and ends when there is none, or at the interpreter's exit
+after the turn it is in (a thread left inside a torch kernel while the process exits aborts it).
 """
 
 from __future__ import annotations
 
+import atexit
 import threading
+import weakref
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -34,6 +37,17 @@ class ComputeThread:
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._woken: list[Turns] = []  # loops with work, in the order they take turns
         self._thread: threading.Thread | None = None
+        self._closing = False
+        reference = weakref.ref(self)
+        atexit.register(lambda: (compute := reference()) is not None and compute.close())
+
+    def close(self, timeout: float = 10) -> None:
+        """Stop after the current turn and wait for the thread to end; no more work is taken."""
+        with self._ready:
+            self._closing = True
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
 
     def call(self, fn: Callable[[], T]) -> T:
         """Run ``fn`` on the compute thread, between turns, and return what it returns (or raise what it raises)."""
@@ -54,6 +68,8 @@ class ComputeThread:
 
     def _start_or_notify(self) -> None:
         # Called with the condition held.
+        if self._closing:
+            raise RuntimeError("The engine is closing: the process is exiting.")
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
@@ -62,7 +78,7 @@ class ComputeThread:
     def _run(self) -> None:
         while True:
             with self._ready:
-                if not self._calls and not self._woken:
+                if self._closing or (not self._calls and not self._woken):
                     self._thread = None
                     return
                 calls, self._calls = self._calls, deque()

@@ -7,11 +7,15 @@ protocol: ~50 ms a step for one row in openft's batch, where this step takes ~26
 
 What it does differently, and nothing else: the q/k/v projections are one matmul and gate/up another
 (the model's own weights, re-seated as views of one tensor each, so memory does not grow and transformers'
-forward, used for prefill, reads the same numbers); rotary embeddings for the rows' positions are computed
+forward, used for prefill, reads the same numbers). On a CPU every projection's weight is also stored
+transposed, ``[in, out]`` in memory (still an ``[out, in]`` view to the model): MKL's matmul of a few rows
+by such a matrix measured 1.2-1.4x faster at 4-32 rows (and 1.13x at a 320-token prefill), equal at one
+row; the embedding matrix, shared with the LM head in many models, is left as it is. Rotary embeddings for the rows' positions are computed
 once per step, not per layer; each row's new keys and values go straight into the batch's ``SlotCache``;
 attention is one ``scaled_dot_product_attention`` over the cache's rows with grouped key/value heads. Each
 LoRA adapter's contribution is added per projection group, from ``AdapterSet.lora_delta``. The arithmetic
-is transformers' own, op for op: on float32 the logits are bitwise those of transformers' forward.
+is transformers' own, op for op: in float32 its logits are bitwise those of transformers' forward over
+the same (re-seated) weights.
 
 Models of other architectures, or with features this step does not reproduce, decode through transformers'
 forward (``FastDecoder.build`` returns None for them).
@@ -47,6 +51,7 @@ class _Layer:
 class FastDecoder:
     def __init__(self, model: Any) -> None:
         config = model.config
+        transpose = next(model.parameters()).device.type == "cpu"
         self.model = model
         self.heads = config.num_attention_heads
         self.kv_heads = config.num_key_value_heads
@@ -58,7 +63,7 @@ class FastDecoder:
         self.rotary = inner.rotary_emb
         self.final_norm = inner.norm.weight
         self.scaling = inner.layers[0].self_attn.scaling
-        self.layers = [_fuse(layer) for layer in inner.layers]
+        self.layers = [_fuse(layer, transpose) for layer in inner.layers]
 
     @classmethod
     def build(cls, model: Any) -> FastDecoder | None:
@@ -140,29 +145,40 @@ class FastDecoder:
         return weight * h.to(x.dtype)
 
 
-def _fuse(layer: Any) -> _Layer:
-    """Re-seat a layer's q/k/v weights (and biases) as views of one tensor, and gate/up as views of another."""
+def _fuse(layer: Any, transpose: bool) -> _Layer:
+    """Re-seat a layer's q/k/v weights (and biases) as views of one tensor, and gate/up as views of another;
+    with ``transpose``, every projection's weight is stored ``[in, out]``."""
     attention, mlp = layer.self_attn, layer.mlp
-    qkv = _seat([attention.q_proj, attention.k_proj, attention.v_proj], "weight")
-    bias = (
-        _seat([attention.q_proj, attention.k_proj, attention.v_proj], "bias")
-        if attention.q_proj.bias is not None
-        else None
-    )
-    gate_up = _seat([mlp.gate_proj, mlp.up_proj], "weight")
+    qkv_linears = [attention.q_proj, attention.k_proj, attention.v_proj]
+    qkv = _seat(qkv_linears, transpose)
+    bias = None
+    if attention.q_proj.bias is not None:
+        bias = torch.cat([linear.bias.detach() for linear in qkv_linears])
+        _reseat(qkv_linears, "bias", bias)
+    gate_up = _seat([mlp.gate_proj, mlp.up_proj], transpose)
+    if transpose:
+        _seat([attention.o_proj], transpose)
+        _seat([mlp.down_proj], transpose)
     return _Layer(
         layer, layer.input_layernorm.weight, qkv, bias, layer.post_attention_layernorm.weight, gate_up
     )
 
 
-def _seat(linears: list[Any], name: str) -> torch.Tensor:
-    joined = torch.cat([getattr(linear, name).detach() for linear in linears])
+def _seat(linears: list[Any], transpose: bool) -> torch.Tensor:
+    """The weights of ``linears`` joined, ``[sum of outs, in]`` (with ``transpose``, a view of ``[in, sum of
+    outs]`` storage), each linear's weight re-seated as its slice of it."""
+    weights = [linear.weight.detach() for linear in linears]
+    joined = torch.cat([w.t() for w in weights], dim=1).contiguous().t() if transpose else torch.cat(weights)
+    _reseat(linears, "weight", joined)
+    return joined
+
+
+def _reseat(linears: list[Any], name: str, joined: torch.Tensor) -> None:
     start = 0
     for linear in linears:
         size = getattr(linear, name).shape[0]
         setattr(linear, name, torch.nn.Parameter(joined[start : start + size], requires_grad=False))
         start += size
-    return joined
 
 
 def _base(linear: Any) -> torch.Tensor:
