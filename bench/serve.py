@@ -262,12 +262,20 @@ def _in_child(spec: dict) -> dict[str, float]:
     """One runner at one level in a fresh process; its summary comes back as the last line of its output."""
     out = subprocess.run(
         [sys.executable, __file__, "--run", json.dumps(spec)],
-        check=True,
         capture_output=True,
         text=True,
         env={**os.environ, "TQDM_DISABLE": "1"},
     )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    lines = out.stdout.strip().splitlines()
+    if not lines or not lines[-1].startswith("{"):
+        sys.exit(
+            f"{spec['runner']} at {spec['level']} streams failed (exit {out.returncode}):\n{out.stderr[-3000:]}"
+        )
+    if out.returncode != 0:  # measured, then failed on the way out: say so, keep the figures
+        print(
+            f"note: {spec['runner']} at {spec['level']} streams exited with {out.returncode} after reporting"
+        )
+    return json.loads(lines[-1])
 
 
 def _child(spec: dict) -> None:

@@ -37,6 +37,7 @@ class ComputeThread:
         self._calls: deque[tuple[Callable[[], Any], Future]] = deque()
         self._woken: list[Turns] = []  # loops with work, in the order they take turns
         self._thread: threading.Thread | None = None
+        self._started: threading.Thread | None = None  # the latest thread, joined at exit even as it ends
         self._closing = False
         reference = weakref.ref(self)
         atexit.register(lambda: (compute := reference()) is not None and compute.close())
@@ -45,7 +46,7 @@ class ComputeThread:
         """Stop after the current turn and wait for the thread to end; no more work is taken."""
         with self._ready:
             self._closing = True
-            thread = self._thread
+            thread = self._started
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
@@ -71,7 +72,7 @@ class ComputeThread:
         if self._closing:
             raise RuntimeError("The engine is closing: the process is exiting.")
         if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+            self._thread = self._started = threading.Thread(target=self._run, name=self.name, daemon=True)
             self._thread.start()
         self._ready.notify()
 
