@@ -59,6 +59,7 @@ class Settings:
     serving_max_batch: int = 32  # sequences of one base model (and its adapters) decoded together
     serving_max_queue: int = 64  # requests waiting for a place in that batch; one more is a 429
     serving_dtype: str = "auto"  # auto: bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere
+    serving_fast_decode: bool = True  # openft's own decode step for Llama-family models (off: transformers')
     allow_remote_without_keys: bool = False
     # Webhooks: seconds to wait before each retry after a failed attempt (about 27 hours in all, as
     # Standard Webhooks senders do); an API process delivers unless webhook_delivery is off.
@@ -145,11 +146,13 @@ class Settings:
         if env.get("OPENFT_DEVICE_MEMORY_GIB", "auto") != "auto":
             values["device_memory_gib"] = _float(env, "OPENFT_DEVICE_MEMORY_GIB")
         if env.get("OPENFT_CUDA", "auto") != "auto":
-            values["cuda_available"] = _bool(env, "OPENFT_CUDA")
+            values["cuda_available"] = _bool(env, "OPENFT_CUDA", auto=True)
         if "OPENFT_SERVING_ENGINE" in env:
             values["serving_engine"] = env["OPENFT_SERVING_ENGINE"]
         if "OPENFT_SERVING_DTYPE" in env:
             values["serving_dtype"] = env["OPENFT_SERVING_DTYPE"]
+        if "OPENFT_SERVING_FAST_DECODE" in env:
+            values["serving_fast_decode"] = _bool(env, "OPENFT_SERVING_FAST_DECODE")
         for name, key in (
             ("serving_max_batch", "OPENFT_SERVING_MAX_BATCH"),
             ("serving_max_queue", "OPENFT_SERVING_MAX_QUEUE"),
@@ -300,13 +303,14 @@ def _float_list(env, key: str) -> tuple[float, ...]:
         raise SettingsError(f"{key} must be comma-separated numbers of seconds, got {env[key]!r}.") from None
 
 
-def _bool(env, key: str) -> bool:
+def _bool(env, key: str, *, auto: bool = False) -> bool:
     value = env[key].strip().lower()
     if value in ("1", "true", "yes"):
         return True
     if value in ("0", "false", "no"):
         return False
-    raise SettingsError(f"{key} must be 'auto', 'true' or 'false', got {env[key]!r}.")
+    allowed = "'auto', 'true' or 'false'" if auto else "'true' or 'false' (or 1 or 0)"
+    raise SettingsError(f"{key} must be {allowed}, got {env[key]!r}.")
 
 
 def _json_map(env, key: str) -> dict[str, str]:

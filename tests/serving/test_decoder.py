@@ -171,3 +171,33 @@ def test_the_engine_loads_and_decodes_on_its_one_compute_thread(models, monkeypa
     )
     completion("tiny", engine.generate(model, request))
     assert threads == {("load", "openft-compute"), ("run", "openft-compute")}
+
+
+def test_the_setting_turns_the_written_out_step_off(tmp_path):
+    from openft.api.app import chat_engine
+    from openft.settings import Settings, SettingsError
+
+    assert chat_engine(Settings.from_env({"OPENFT_HOME": str(tmp_path)})).fast_decode is True
+    off = Settings.from_env({"OPENFT_HOME": str(tmp_path), "OPENFT_SERVING_FAST_DECODE": "0"})
+    assert chat_engine(off).fast_decode is False
+    with pytest.raises(SettingsError, match="OPENFT_SERVING_FAST_DECODE must be 'true' or 'false'"):
+        Settings.from_env({"OPENFT_HOME": str(tmp_path), "OPENFT_SERVING_FAST_DECODE": "auto"})
+
+
+def test_without_the_written_out_step_the_engine_decodes_through_transformers(models):
+    from openft.serving.engine import InferenceEngine
+    from openft.serving.request import parse_chat_request
+    from openft.serving.response import completion
+
+    request = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "Hi"}],
+        "max_tokens": 6,
+        "temperature": 0,
+    }
+    answers = []
+    for fast in (True, False):
+        engine = InferenceEngine(dtype="float32", fast_decode=fast)
+        answers.append(completion("tiny", engine.generate(models["tiny"], parse_chat_request(request))))
+        assert (engine._bases[str(models["tiny"].base_path)].loop.model.decoder is not None) is fast
+    assert answers[0]["choices"][0]["message"] == answers[1]["choices"][0]["message"]

@@ -94,6 +94,7 @@ def chat_engine(settings: Settings) -> ChatEngine:
         max_batch=settings.serving_max_batch,
         max_queue=settings.serving_max_queue,
         dtype=settings.serving_dtype,
+        fast_decode=settings.serving_fast_decode,
     )
     if settings.serving_engine != "vllm":
         return own
