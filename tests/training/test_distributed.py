@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -250,3 +251,50 @@ def test_n_devices_without_torchrun_is_refused(tiny_model_dir, tmp_path):
     spec = make_spec(tmp_path, tiny_model_dir, varied_rows(4), n_devices=2)
     with pytest.raises(RuntimeError, match="n_devices=2 but 1 process"):
         train(spec, RecordingReporter())
+
+
+# Each rank trains in-process with a reporter that asks for a pause once 2 steps are done, so every rank
+# sees it at the same step boundary: the end of epoch 1, whose checkpoint was just written.
+_PAUSING_RANK = """
+import json, os, sys
+from pathlib import Path
+from training_toys import RecordingReporter
+from openft.training.launch import die_with_agent
+from openft.training.recipe import train
+from openft.training.spec import TrainingSpec
+
+die_with_agent(None)  # a rank left hanging goes down with torchrun when the test's timeout kills it
+reporter = RecordingReporter(stop="pause", stop_after=2)
+result = train(TrainingSpec.from_json(Path(sys.argv[1]).read_text()), reporter)
+report = {"stopped": result.stopped, "lines": reporter.lines}
+Path(sys.argv[2], f"rank-{os.environ['RANK']}.json").write_text(json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("fine_tuning_type", ["lora", "full"])
+def test_two_ranks_paused_right_after_an_epoch_end_stop_together(tiny_model_dir, tmp_path, fine_tuning_type):
+    # A save at the step just saved is skipped; every rank must skip it alike, or the ones that do not
+    # wait in the save's collectives for the others, and the pause hangs until torchrun kills the ranks.
+    spec = make_spec(
+        tmp_path, tiny_model_dir, varied_rows(8), n_epochs=2, n_devices=2, fine_tuning_type=fine_tuning_type
+    )  # 2 steps an epoch
+    spec_path = tmp_path / "spec.json"
+    spec_path.write_text(spec.to_json())
+    script = tmp_path / "pausing_rank.py"
+    script.write_text(_PAUSING_RANK)
+    _, env = child_command(spec_path, 2)
+    env["PYTHONPATH"] = ":".join(p for p in (str(Path(__file__).parent), env.get("PYTHONPATH", "")) if p)
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    done = subprocess.run(
+        [*torchrun, str(script), str(spec_path), str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    reports = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    assert [r["stopped"] for r in reports] == ["pause", "pause"]
+    rank_0 = reports[0]["lines"]
+    assert [line["step"] for line in rank_0 if line["type"] == "checkpoint"] == [2]  # written once
+    assert rank_0[-1]["type"] == "paused" and rank_0[-1]["step"] == 2

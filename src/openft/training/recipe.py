@@ -209,6 +209,9 @@ def train(spec: TrainingSpec, reporter: Reporter) -> TrainingResult:
         }
         weights = group.full_weights(model)
         if not group.writes:
+            # Every rank remembers the step: all of them skip a second save of it alike, since a save
+            # holds collectives (the RNG states, FSDP2's gathers) that would wait for a rank that skipped.
+            last_saved.update(step=progress.step, checkpoint=None)
             return None
         saved = checkpoints.save(
             ckpt_root,
