@@ -5,10 +5,18 @@ are dropped, chat serves the model through the cache, and deleting the model del
 from __future__ import annotations
 
 import base64
+import signal
 
 import openai
 import pytest
-from test_training_lifecycle import BASE, _create, _InterposingLauncher, _metrics_steps
+from test_training_lifecycle import (
+    BASE,
+    _create,
+    _InterposingLauncher,
+    _metrics_steps,
+    _pending_signals,
+    _wait_for,
+)
 
 from openft.services.context import Services
 from openft.settings import Settings
@@ -111,18 +119,45 @@ def test_a_base_model_in_a_bucket_is_fetched_into_the_cache_and_serves(client, s
     assert REMOTE in {m.id for m in client.models.list()}
 
 
+def test_a_pause_too_late_for_the_child_leaves_no_copy_on_the_machine(client, services, settings, tmp_path):
+    # The child has trained its last step when the pause arrives: the job is paused with its final
+    # epoch checkpoint, which is in the bucket, so the machine's scratch goes as after any other stop.
+    job = _create(client, n_epochs=1, batch_size=4)
+
+    def pause_at_the_result(line: dict) -> None:
+        if line.get("type") == "result":
+            assert client.fine_tuning.jobs.pause(job.id).status == "paused"
+
+    machine = Services.build(settings.with_(home=tmp_path / "machine"))
+    try:
+        Worker(machine, launcher=_InterposingLauncher(pause_at_the_result)).run(burst=True)
+    finally:
+        machine.close()
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    step, _ = services.artifacts.latest_checkpoint(job.id)
+    assert step == max(_metrics_steps(client, job.id))
+    scratch = tmp_path / "machine" / "models" / "jobs" / job.id
+    assert not (scratch / "checkpoints").exists() and not (scratch / "final").exists()
+
+
 def test_a_paused_job_resumes_on_another_machine_from_the_bucket(client, services, settings, tmp_path):
     job = _create(client, n_epochs=2, batch_size=2)
     paused: list[str] = []
 
     def pause_at_step_two(line: dict) -> None:
         if line.get("type") == "metrics" and line["step"] == 2 and not paused:
+            # Hold the child still until the worker has asked it to pause (SIGUSR1 pending): a tiny
+            # model's remaining steps can otherwise end before the worker's next status poll.
+            launcher.proc.send_signal(signal.SIGSTOP)
             paused.append(client.fine_tuning.jobs.pause(job.id).status)
+            _wait_for(lambda: _pending_signals(launcher.proc.pid) & (1 << (signal.SIGUSR1 - 1)), timeout=30)
+            launcher.proc.send_signal(signal.SIGCONT)
 
     # Machine A: its own OPENFT_HOME (disk and cache); same database and bucket.
     machine_a = Services.build(settings.with_(home=tmp_path / "machine-a"))
     try:
-        Worker(machine_a, launcher=_InterposingLauncher(pause_at_step_two)).run(burst=True)
+        launcher = _InterposingLauncher(pause_at_step_two)
+        Worker(machine_a, launcher=launcher).run(burst=True)
     finally:
         machine_a.close()
     assert paused == ["paused"]

@@ -495,6 +495,8 @@ class TrainingRun:
                 # Cancelled or paused (perhaps resumed too) while the last step ran, before the
                 # child saw the request: the stop was asked for, so the attempt is given back. A
                 # paused job keeps its final epoch checkpoint; resumed, it only writes the weights.
+                # With object storage that checkpoint is in the store: this machine keeps no copy.
+                self._publish_newest()
                 runtime.finish_stopped(job.id, gen)
             return
         if state.error is not None:
