@@ -140,7 +140,7 @@ class BatchLoop:
         self._lock = threading.Lock()
         self._waiting: deque[Submission] = deque()
         self._held = 0
-        self._choices: list[_Choice] = []  # row i of the batch is _choices[i]; the loop's thread only
+        self._choices: list[_Choice] = []  # row i of the batch is _choices[i]; the compute thread only
         self._cache = SlotCache(max_rows=max_batch, max_positions=model.context_window)
         self._counters = _Counters()
         self._touched: set[EventStream] = set()  # streams given events this turn, woken at its end
