@@ -85,8 +85,12 @@ def test_a_decode_step_gives_each_row_the_logits_of_its_sequence_alone(kind):
         torch.testing.assert_close(logits[row], _reference(model, [*prompt, token]), rtol=0, atol=1e-5)
 
 
-def test_fusing_the_projections_leaves_transformers_forward_unchanged():
-    model = _model(_config("llama"))
+@pytest.mark.parametrize("tied", [False, True])
+def test_fusing_the_projections_leaves_transformers_forward_unchanged(tied):
+    config = _config("llama")
+    config.tie_word_embeddings = tied
+    model = _model(config)
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) is tied
     before = _reference(model, PROMPTS[0])
     q_before = model.model.layers[0].self_attn.q_proj.weight.clone()
     FastDecoder.build(model)
@@ -99,6 +103,8 @@ def test_fusing_the_projections_leaves_transformers_forward_unchanged():
         q.untyped_storage().data_ptr()
         == model.model.layers[0].self_attn.k_proj.weight.untyped_storage().data_ptr()
     )
+    # Tied embeddings stay one tensor with the LM head (stored transposed on a CPU).
+    assert (model.lm_head.weight is model.model.embed_tokens.weight) is tied
 
 
 def test_rows_through_different_adapters_each_get_their_own_adapter(tiny_model_dir: Path, adapter_dirs):

@@ -3,15 +3,17 @@
 A decode step reads every weight of the model once to produce one token per row, so on a CPU its floor is
 the memory bandwidth (SmolLM2-135M in float32: 541 MB a step, about 19 ms on a 2-core AVX2 machine).
 transformers' forward adds to that its per-module calls, the mask and position machinery and the cache
-protocol: ~50 ms a step for one row in openft's batch, where this step takes ~26 ms and eight rows ~59 ms.
+protocol: there a token of one stream took 35 ms in openft's batch, and takes 28 ms with this step
+(``bench/serve.py``'s ``openft-hf`` and ``openft`` rows).
 
 What it does differently, and nothing else: the q/k/v projections are one matmul and gate/up another
 (the model's own weights, re-seated as views of one tensor each, so memory does not grow and transformers'
 forward, used for prefill, reads the same numbers). On a CPU every projection's weight is also stored
 transposed, ``[in, out]`` in memory (still an ``[out, in]`` view to the model): MKL's matmul of a few rows
 by such a matrix measured 1.2-1.4x faster at 4-32 rows (and 1.13x at a 320-token prefill), equal at one
-row; the embedding matrix, shared with the LM head in many models, is left as it is. Rotary embeddings for the rows' positions are computed
-once per step, not per layer; each row's new keys and values go straight into the batch's ``SlotCache``;
+row. The LM head's weight too (3.2 ms less a step at 8 rows for SmolLM2's 49,152 x 576 head, 0.6 ms at
+one), and the embeddings with it when the model ties them: a lookup then gathers a strided row, which costs
+nothing that shows. Rotary embeddings for the rows' positions are computed once per step, not per layer; each row's new keys and values go straight into the batch's ``SlotCache``;
 attention is one ``scaled_dot_product_attention`` over the cache's rows with grouped key/value heads. Each
 LoRA adapter's contribution is added per projection group, from ``AdapterSet.lora_delta``. The arithmetic
 is transformers' own, op for op: in float32 its logits are bitwise those of transformers' forward over
@@ -64,6 +66,8 @@ class FastDecoder:
         self.final_norm = inner.norm.weight
         self.scaling = inner.layers[0].self_attn.scaling
         self.layers = [_fuse(layer, transpose) for layer in inner.layers]
+        if transpose:
+            _seat_head(model)
 
     @classmethod
     def build(cls, model: Any) -> FastDecoder | None:
@@ -171,6 +175,15 @@ def _seat(linears: list[Any], transpose: bool) -> torch.Tensor:
     joined = torch.cat([w.t() for w in weights], dim=1).contiguous().t() if transpose else torch.cat(weights)
     _reseat(linears, "weight", joined)
     return joined
+
+
+def _seat_head(model: Any) -> None:
+    """The LM head's weight stored ``[hidden, vocab]``; tied embeddings stay the same tensor."""
+    head, embed = model.lm_head, model.model.embed_tokens
+    tied = head.weight is embed.weight
+    head.weight = torch.nn.Parameter(head.weight.detach().t().contiguous().t(), requires_grad=False)
+    if tied:
+        embed.weight = head.weight
 
 
 def _reseat(linears: list[Any], name: str, joined: torch.Tensor) -> None:
