@@ -136,17 +136,11 @@ def test_rows_through_different_adapters_each_get_their_own_adapter(tiny_model_d
 
 
 def test_architectures_it_does_not_reproduce_decode_through_transformers():
-    from transformers import GPT2Config, LlamaConfig
+    from transformers import GPT2Config
 
     assert FastDecoder.build(_model(GPT2Config(n_embd=32, n_layer=1, n_head=2, vocab_size=64))) is None
-    gelu = LlamaConfig(
-        vocab_size=64,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        hidden_act="gelu",
-    )
+    gelu = _config("llama")
+    gelu.hidden_act = "gelu"
     assert FastDecoder.build(_model(gelu)) is None
 
 

@@ -6,9 +6,10 @@ Python inside every LoRA layer, which on a 30-layer model costs more than the de
 LoRA layer instead holds its adapters side by side, ``A = [A_1; ...; A_k]`` and ``B = [s_1 B_1, ..., s_k B_k]``,
 and a forward hook adds ``((x A^T) * mask) B^T``, where the mask keeps, for each row, the columns of that row's
 adapter. That is two small matmuls per layer whatever the mix, and exactly ``B_i A_i x`` for each row: the
-other adapters' columns contribute exact zeros, and base rows get nothing added.
+other adapters' columns contribute exact zeros, and base rows get nothing added. ``FastDecoder``, which runs
+q/k/v (and gate/up) as one matmul, asks ``lora_delta`` for the same over a group of projections.
 
-Only the batch loop's thread calls into this object; adapters in use by a running request are never evicted.
+Only the engine's compute thread calls into this object; adapters in use by a running request are never evicted.
 """
 
 from __future__ import annotations
@@ -51,12 +52,11 @@ class AdapterSet:
         self._lock = threading.Lock()  # the loop changes `loaded`; other threads may list it
         self._names = itertools.count()
         self._layers: list[Any] = []
-        self._stacks: dict[int, _Stack | None] = {}  # per LoRA layer; rebuilt after a load or eviction
+        # By the ids of the projections that run as one matmul (one LoRA layer, or FastDecoder's q/k/v and
+        # gate/up groups); rebuilt after a load or eviction.
+        self._stacks: dict[tuple[int, ...], _Stack | None] = {}
         self._row_slots: Any = None  # per row of the running forward: its adapter's slot, -1 for the base
-        self._masks: dict[tuple[int, ...], Any] = {}
-        # The fast decoder's fused projections (q/k/v, gate/up): their stacks side by side, by the modules' ids.
-        self._groups: dict[tuple[int, ...], _Stack | None] = {}
-        self._group_masks: dict[tuple[int, ...], Any] = {}
+        self._masks: dict[tuple[tuple[int, ...], int], Any] = {}  # by a stack's owners and the input's rank
 
     def paths(self) -> list[str]:
         """Adapter paths loaded, least recently used first (safe from any thread)."""
@@ -104,80 +104,44 @@ class AdapterSet:
         finally:
             self._row_slots = None
             self._masks.clear()
-            self._group_masks.clear()
 
     def lora_delta(self, modules: tuple[Any, ...], x: Any) -> Any:
-        """For ``FastDecoder``: what the rows' adapters add to the projections ``modules`` run as one matmul
-        (their outputs side by side), for ``x`` ``[rows, in]``; None when no row runs through an adapter.
+        """What the rows' adapters add to the projections ``modules`` run as one matmul (their outputs side
+        by side), for ``x`` ``[rows, in]`` (FastDecoder) or ``[rows, tokens, in]`` (a hooked LoRA layer);
+        None when no row runs through an adapter.
 
-        Their stacks are joined as ``A = [A_q; A_k; A_v]`` and a block-diagonal ``B``, so it stays two
-        matmuls: each projection's output gets exactly its own ``B A x``, and zeros from the other blocks.
+        Several projections' stacks are joined as ``A = [A_q; A_k; A_v]`` and a block-diagonal ``B``, so it
+        stays two matmuls: each projection's output gets exactly its own ``B A x``, and zeros from the other
+        blocks.
         """
         if self._row_slots is None:
             return None
         key = tuple(id(module) for module in modules)
-        if key not in self._groups:
-            self._groups[key] = self._join([self._stack_of(module) for module in modules], modules)
-        group = self._groups[key]
-        if group is None:
-            return None
-        mask = self._group_masks.get(group.owners)
-        if mask is None:
-            import torch
-
-            owners = torch.tensor(group.owners, device=self._row_slots.device)
-            mask = (self._row_slots.reshape(-1, 1) == owners).to(group.a.dtype)
-            self._group_masks[group.owners] = mask
-        import torch.nn.functional as F
-
-        return F.linear(F.linear(x.to(group.a.dtype), group.a) * mask, group.b).to(x.dtype)
-
-    # -- the forward hook ------------------------------------------------------------------------------
-
-    def _add_lora(self, module: Any, args: tuple, output: Any) -> Any:
-        if self._row_slots is None:
-            return output
-        stack = self._stack_of(module)
+        if key not in self._stacks:
+            self._stacks[key] = _join(
+                [self._stack(module) if hasattr(module, "lora_A") else None for module in modules], modules
+            )
+        stack = self._stacks[key]
         if stack is None:
-            return output
-        mask = self._masks.get(stack.owners)
+            return None
+        mask = self._masks.get((stack.owners, x.dim()))
         if mask is None:
             import torch
 
             owners = torch.tensor(stack.owners, device=self._row_slots.device)
-            mask = (self._row_slots[:, :, None] == owners).to(stack.a.dtype)
-            self._masks[stack.owners] = mask
+            # [rows, 1, R] for a batch, [1, tokens, R] for packed prompts; [rows, R] for FastDecoder
+            slots = self._row_slots[..., None] if x.dim() == 3 else self._row_slots.reshape(-1, 1)
+            mask = (slots == owners).to(stack.a.dtype)
+            self._masks[stack.owners, x.dim()] = mask
         import torch.nn.functional as F
 
-        x = args[0].to(stack.a.dtype)
-        return output + F.linear(F.linear(x, stack.a) * mask, stack.b).to(output.dtype)
+        return F.linear(F.linear(x.to(stack.a.dtype), stack.a) * mask, stack.b).to(x.dtype)
 
-    def _stack_of(self, module: Any) -> _Stack | None:
-        if not hasattr(module, "lora_A"):  # no loaded adapter targets this projection
-            return None
-        key = id(module)
-        if key not in self._stacks:
-            self._stacks[key] = self._stack(module)
-        return self._stacks[key]
+    # -- the forward hook ------------------------------------------------------------------------------
 
-    @staticmethod
-    def _join(stacks: list[_Stack | None], modules: tuple[Any, ...]) -> _Stack | None:
-        if all(stack is None for stack in stacks):
-            return None
-        import torch
-
-        like = next(stack for stack in stacks if stack is not None)
-        a = torch.cat([stack.a for stack in stacks if stack is not None])
-        outs = [_out_features(module) for module in modules]
-        b = like.b.new_zeros((sum(outs), a.shape[0]))
-        row = column = 0
-        for stack, out in zip(stacks, outs, strict=True):
-            if stack is not None:
-                b[row : row + out, column : column + stack.b.shape[1]] = stack.b
-                column += stack.b.shape[1]
-            row += out
-        owners = tuple(slot for stack in stacks if stack is not None for slot in stack.owners)
-        return _Stack(a, b, owners)
+    def _add_lora(self, module: Any, args: tuple, output: Any) -> Any:
+        delta = self.lora_delta((module,), args[0])
+        return output if delta is None else output + delta
 
     def _stack(self, module: Any) -> _Stack | None:
         import torch
@@ -214,7 +178,6 @@ class AdapterSet:
         with self._lock:
             self.loaded[path] = adapter
         self._stacks.clear()
-        self._groups.clear()
         return adapter
 
     def _adopt_layers(self, name: str, path: str) -> None:
@@ -256,13 +219,30 @@ class AdapterSet:
                     del self.loaded[path]
                 self.peft.delete_adapter(adapter.name)
                 self._stacks.clear()
-                self._groups.clear()
                 return True
         return False
 
 
-def _out_features(module: Any) -> int:
-    return (module.base_layer if hasattr(module, "base_layer") else module).weight.shape[0]
+def _join(stacks: list[_Stack | None], modules: tuple[Any, ...]) -> _Stack | None:
+    """One stack for projections run as one matmul: ``A`` stacked, ``B`` block-diagonal (zeros where a
+    projection has no adapter)."""
+    if len(stacks) == 1:
+        return stacks[0]
+    if all(stack is None for stack in stacks):
+        return None
+    import torch
+
+    a = torch.cat([stack.a for stack in stacks if stack is not None])
+    like = next(stack for stack in stacks if stack is not None)
+    b = like.b.new_zeros((sum(module.out_features for module in modules), a.shape[0]))
+    row = column = 0
+    for stack, module in zip(stacks, modules, strict=True):
+        if stack is not None:
+            b[row : row + module.out_features, column : column + stack.b.shape[1]] = stack.b
+            column += stack.b.shape[1]
+        row += module.out_features
+    owners = tuple(slot for stack in stacks if stack is not None for slot in stack.owners)
+    return _Stack(a, b, owners)
 
 
 def _adapter_bytes(path: str) -> int:
