@@ -139,7 +139,10 @@ def test_a_stalled_worker_whose_lease_was_taken_over_writes_nothing(client, serv
     wait_for(lambda: not alive(stale_child), timeout=30, what="the fenced child to exit")
     # The stale worker wakes: its next heartbeat finds the lease generation moved on.
     stale.signal(signal.SIGCONT)
-    wait_for(lambda: "was taken over" in stale.log(), timeout=15, what="the stale worker to notice")
+    try:
+        wait_for(lambda: "was taken over" in stale.log(), timeout=30, what="the stale worker to notice")
+    except AssertionError as exc:  # CI failed here once, and only the worker's log can say why
+        raise AssertionError(f"{exc}; the stale worker's log:\n{stale.log()[-4000:]}") from None
 
     thread.join(timeout=180)
     assert not thread.is_alive()

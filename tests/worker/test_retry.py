@@ -9,6 +9,7 @@ import pytest
 from openft.services.job_runtime import LeaseLost
 from openft.settings import Settings
 from openft.worker.gpus import FixedInventory
+from openft.worker.lease import LeaseKeeper
 from openft.worker.loop import Worker
 from openft.worker.retry import PatientRuntime
 
@@ -84,3 +85,19 @@ def test_the_worker_loop_outlives_a_failing_database(tmp_path):
         assert worker.run(burst=True) == 0
     assert worker.run(burst=True) == 0
     assert (Runtime.claims, Runtime.training_claims) == (3, 1)
+
+
+class Unreachable:
+    """A database the worker cannot reach: every heartbeat fails."""
+
+    def heartbeat(self, job_id, generation, lease_seconds):
+        raise ConnectionError("could not connect to server")
+
+
+def test_a_lease_that_cannot_be_renewed_lapses_with_a_warning(caplog):
+    keeper = LeaseKeeper(
+        Unreachable(), "ftjob-1", 1, lease_seconds=0.3, heartbeat_seconds=0.1, poll_seconds=0.05
+    )
+    with caplog.at_level("WARNING", logger="openft.worker.lease"), keeper:
+        assert keeper.lost.wait(5), "the keeper should give the job up once its lease lapsed"
+    assert any("lease on ftjob-1 lapsed" in r.getMessage() for r in caplog.records), caplog.text

@@ -67,6 +67,12 @@ class LeaseKeeper:
             except Exception:  # a database hiccup: keep trying until the lease would lapse
                 log.exception("heartbeat for %s failed", self.job_id)
                 if time.monotonic() - last_renewal > self.lease_seconds:
+                    log.warning(
+                        "lease on %s lapsed (not renewed for %.0fs); another worker may take the job "
+                        "over, so this worker stops writing to it",
+                        self.job_id,
+                        time.monotonic() - last_renewal,
+                    )
                     self.lost.set()
                     return
                 continue
