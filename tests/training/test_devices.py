@@ -7,6 +7,7 @@ import torch
 from training_toys import RecordingReporter, code_word_rows, make_spec
 
 from openft.training import devices, hardware
+from openft.training.attention import PACKED_ATTENTION
 from openft.training.labels import IGNORE_INDEX, TokenizedSequence
 from openft.training.packing import forward_hidden, pack_row
 
@@ -15,7 +16,7 @@ def test_select_without_cuda_trains_on_the_cpu_and_says_how(tiny_model_dir, tmp_
     spec = make_spec(tmp_path, tiny_model_dir, code_word_rows(4), extra={"num_threads": 1})
     device = devices.select(spec)
     expected = "bf16" if hardware.cpu_has_native_bf16() else "fp32"
-    assert (device.kind, device.compute, device.attention) == ("cpu", expected, "sdpa")
+    assert (device.kind, device.compute, device.attention) == ("cpu", expected, PACKED_ATTENTION)
     assert (
         device.description
         == f"Training on CPU: {hardware.cpu_name()}, 1 threads, {expected} (master weights fp32)"
@@ -25,6 +26,42 @@ def test_select_without_cuda_trains_on_the_cpu_and_says_how(tiny_model_dir, tmp_
     with device.precision():
         product = torch.ones(2, 2) @ torch.ones(2, 2)
     assert product.dtype == (torch.bfloat16 if expected == "bf16" else torch.float32)
+
+
+@pytest.mark.parametrize("compute", ["bf16", "fp32"])
+def test_cpu_lora_keeps_adapted_weights_in_bf16_only_under_bf16_compute_with_the_same_bits(
+    compute, tiny_model_dir, tmp_path
+):
+    from openft.training.memory import GIB, DeviceMemory
+    from openft.training.models import causal_lm, trainable_model
+    from openft.training.objectives import SupervisedObjective
+
+    spec = make_spec(tmp_path, tiny_model_dir, code_word_rows(4))
+    device = devices.Device(torch.device("cpu"), compute, DeviceMemory("cpu", "CPU", GIB), "")
+    torch.manual_seed(0)
+    model = trainable_model(spec, None, device)
+    layer = causal_lm(model).model.layers[0]
+    stored = torch.bfloat16 if compute == "bf16" else torch.float32
+    assert layer.self_attn.q_proj.base_layer.weight.dtype == stored
+    assert layer.self_attn.q_proj.lora_A["default"].weight.dtype == torch.float32
+    assert causal_lm(model).model.embed_tokens.weight.dtype == torch.float32
+    # The same adapter over the base as loaded, fp32, run under the same autocast: autocast casts
+    # each fp32 weight to bf16 at use, so storing it in bf16 must change no bit of loss or gradient.
+    torch.manual_seed(0)
+    reference = trainable_model(spec, None, devices.Device(torch.device("cpu"), "fp32", device.memory, ""))
+    assert causal_lm(reference).model.layers[0].self_attn.q_proj.base_layer.weight.dtype == torch.float32
+    row = pack_row([TokenizedSequence([5, 9, 13, 17, 21], [IGNORE_INDEX, 9, 13, 17, 21])])
+    results = []
+    for candidate in (model, reference):
+        with device.precision():
+            loss, _ = SupervisedObjective().row_loss(causal_lm(candidate), row, row.n_trainable)
+        loss.backward()
+        grads = {n: p.grad for n, p in candidate.named_parameters() if p.grad is not None}
+        results.append((loss.detach(), grads))
+    assert torch.equal(results[0][0], results[1][0])
+    assert results[0][1].keys() == results[1][1].keys() and results[0][1]
+    for name, grad in results[0][1].items():
+        assert torch.equal(grad, results[1][1][name]), name
 
 
 def test_select_fp32_when_asked_and_refuses_cuda_that_is_not_there(tiny_model_dir, tmp_path):
@@ -81,14 +118,14 @@ def test_parse_nvidia_smi_and_honour_cuda_visible_devices(monkeypatch):
     assert [d.index for d in hardware.cuda_devices({"CUDA_VISIBLE_DEVICES": "1,-1,2"})] == [1]
 
 
-# ---- packed attention without a dense mask (the CUDA path's kernel-independent logic, on CPU) ---------
+# ---- packed attention without a dense mask (the CPU path; the CUDA path's kernel-independent logic) ---
 
 
 @pytest.fixture(scope="module")
 def models(tiny_model_dir):
     from transformers import AutoModelForCausalLM
 
-    from openft.training.attention import PACKED_ATTENTION, register
+    from openft.training.attention import register
 
     register()
     load = lambda attention: AutoModelForCausalLM.from_pretrained(  # noqa: E731

@@ -138,9 +138,9 @@ def _measure(model_dir, setup: Setup, tokens: int) -> tuple[int, int]:
 # backward's transients (the logits' gradients, the layer whose gradients are in flight), which the
 # estimate includes: they weigh little in SmolLM2 and most in a 2-layer toy with hidden size 32.
 CASES = [
-    ("tiny", True, "lora", 384, 2.2),
+    ("tiny", True, "lora", 384, 2.3),
     ("tiny", True, "full", 384, 2.2),
-    ("tiny", False, "lora", 384, 2.2),
+    ("tiny", False, "lora", 384, 2.3),
     ("tiny", False, "full", 384, 2.2),
     ("smollm2", True, "lora", 512, 1.5),
     ("smollm2", False, "full", 512, 1.5),
@@ -155,8 +155,11 @@ def test_estimate_covers_measured_memory_without_waste(
     setup = Setup(device="cpu", fine_tuning_type=fine_tuning_type, bf16=bf16)
     static, activations = _measure(model_dir, setup, tokens)
     predicted = estimate(ModelShape.from_dir(model_dir), setup, tokens, gradient_checkpointing=False)
-    # weights + adapters + optimizer: what is held across steps, counted exactly
-    assert predicted.weights - (2 * _linear_parameters(model_dir) if bf16 else 0) == pytest.approx(
+    # weights + adapters + optimizer: what is held across steps, counted exactly. Autocast's bf16
+    # copies of linear weights are measured among the saved tensors; LoRA's adapted weights (all
+    # linears here) are bf16 themselves under bf16 compute, so autocast copies none of them.
+    copies = 2 * _linear_parameters(model_dir) if bf16 and fine_tuning_type == "full" else 0
+    assert predicted.weights - copies == pytest.approx(
         static - predicted.adapters - predicted.optimizer, rel=0.01
     )
     measured = static + activations  # autocast's bf16 weight copies are among the saved tensors

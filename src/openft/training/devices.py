@@ -6,14 +6,15 @@ that differs between the two is decided here, once, so the recipe reads the same
 
 | | CPU | CUDA |
 |---|---|---|
-| base weights | fp32 | LoRA: bf16; QLoRA: NF4 (bitsandbytes); full: fp32 master weights |
+| base weights | fp32; LoRA under bf16: adapted linears bf16 | LoRA: bf16; QLoRA: NF4 (bitsandbytes); full: fp32 master weights |
 | trained weights, gradients, AdamW state | fp32 | fp32 |
 | compute | bf16 autocast on CPUs with native bf16, else fp32 | bf16 autocast, TF32 for fp32 matmuls |
-| packed rows | dense block-diagonal mask, SDPA | varlen flash attention (``training/attention.py``) |
+| packed rows | per-sequence causal SDPA | varlen flash attention (both ``training/attention.py``) |
 
 Why: fp32 master weights and optimizer state keep small updates (lr x gradient is often below bf16's
 resolution near 1.0) from being rounded away; a frozen base loses nothing in bf16 and halves its memory.
-The CPU path is the engine's original one, bit for bit.
+On the CPU only the linear weights LoRA adapts are stored in bf16: autocast would cast them at every use
+anyway, so the bits are those of the fp32 base, while embeddings, norms and the residual stream stay fp32.
 """
 
 from __future__ import annotations
@@ -80,12 +81,10 @@ class Device:
     @property
     def attention(self) -> str:
         """The attention implementation the model loads with (see ``training/attention.py``)."""
-        if self.kind == "cuda":
-            from openft.training.attention import PACKED_ATTENTION, register
+        from openft.training.attention import PACKED_ATTENTION, register
 
-            register()
-            return PACKED_ATTENTION
-        return "sdpa"
+        register()
+        return PACKED_ATTENTION
 
     def memory_setup(self, spec: TrainingSpec) -> Setup:
         return Setup(

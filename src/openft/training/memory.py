@@ -9,7 +9,8 @@ SmolLM2...) and how ``training/devices.py`` keeps tensors on each device kind:
 - **weights**: the frozen or trained base. CUDA: bf16 for LoRA, NF4 (about 0.52 byte per linear
   weight, embeddings and head in bf16) for QLoRA, fp32 master weights for full fine-tuning. CPU:
   fp32 for every type. Under bf16 autocast an fp32 base also holds a bf16 copy of each linear
-  weight for the step (autocast caches the casts), counted here.
+  weight for the step (autocast caches the casts), counted here; except LoRA's adapted linear weights,
+  frozen and so stored in bf16 alone (``training/models.py``).
 - **adapters**: LoRA's A and B (fp32), ``r x (in + out)`` per adapted linear.
 - **optimizer**: what is trained, in fp32, again as its gradient and twice for AdamW's moments:
   12 bytes per trained parameter (the 4 of the weight itself are counted above).
@@ -17,8 +18,8 @@ SmolLM2...) and how ``training/devices.py`` keeps tensors on each device kind:
   what transformers' Llama layers save, and checked against measured saved tensors in
   tests/training/test_memory.py), times layers, plus the logits of the trained tokens (chunked, see
   ``LOGITS_CHUNK_ELEMENTS``). With gradient checkpointing a layer keeps only its input and one layer
-  at a time is recomputed. CPU rows carry a dense L x L mask (see ``training/packing.py``); CUDA rows
-  use varlen attention, linear in L.
+  at a time is recomputed. Packed rows need no L x L mask: attention runs per sequence (CPU) or
+  varlen (CUDA), linear in L (``training/attention.py``).
 
 On ``n_devices`` ranks (``training/distributed.py``) the estimate is per device. Full fine-tuning
 shards (FSDP2): each rank holds 1/N of the fp32 weights, gradients and AdamW state, plus the
@@ -149,9 +150,17 @@ class ModelShape:
         return self.num_layers * self.layer_linear_parameters + norms + self.embedding_parameters + head
 
     def lora_parameters(self, rank: int, targets: str | list[str]) -> int:
-        names = ALL_LINEAR if targets in ("all-linear", "auto") else [t for t in targets if t in ALL_LINEAR]
         shapes = self.linear_shapes()
-        return self.num_layers * sum(rank * (shapes[n][0] + shapes[n][1]) for n in names)
+        return self.num_layers * sum(rank * (shapes[n][0] + shapes[n][1]) for n in _adapted(targets))
+
+    def adapted_linear_parameters(self, targets: str | list[str]) -> int:
+        """Base weights of the linear layers LoRA adapts (all of a layer's with ``all-linear``)."""
+        shapes = self.linear_shapes()
+        return self.num_layers * sum(shapes[n][0] * shapes[n][1] for n in _adapted(targets))
+
+
+def _adapted(targets: str | list[str]) -> list[str]:
+    return ALL_LINEAR if targets in ("all-linear", "auto") else [t for t in targets if t in ALL_LINEAR]
 
 
 @dataclass(frozen=True)
@@ -224,7 +233,12 @@ def weight_bytes(shape: ModelShape, setup: Setup) -> int:
         weights = 2 * shape.parameters
     else:
         weights = 4 * shape.parameters  # fp32: every CPU run, and full fine-tuning's master weights
-        if setup.bf16:
+        if setup.bf16 and setup.adapters:
+            # CPU LoRA: the adapted linear weights are frozen and kept in bf16 alone
+            # (``training/models.py``); autocast's cached bf16 copies are of the other linears
+            adapted = shape.adapted_linear_parameters(setup.lora_targets)
+            weights += -2 * adapted + 2 * (linear - adapted)
+        elif setup.bf16:
             weights += 2 * linear  # autocast's cached bf16 copies for the step
     if setup.method in ("dpo", "reinforcement") and setup.fine_tuning_type == "full":
         # a frozen reference copy of the base (LoRA's reference is the base with adapters off)
@@ -232,9 +246,9 @@ def weight_bytes(shape: ModelShape, setup: Setup) -> int:
     return weights
 
 
-def activation_bytes_per_token(shape: ModelShape, setup: Setup, row_tokens: int) -> dict[str, int]:
+def activation_bytes_per_token(shape: ModelShape, setup: Setup) -> dict[str, int]:
     """Bytes saved for backward per token: ``layer`` (one layer, no checkpointing), ``checkpointed``
-    (one layer's input), ``fixed`` (outside the layers, per token). ``row_tokens`` sizes the CPU's mask."""
+    (one layer's input), ``fixed`` (outside the layers, per token)."""
     h, i, q, r = shape.hidden_size, shape.intermediate_size, shape.q_dim, setup.lora_rank
     a = 2 if setup.bf16 else 4  # compute dtype of matmul inputs and outputs
     # the residual stream: bf16 when the base is bf16 (CUDA LoRA/QLoRA), else fp32
@@ -245,9 +259,8 @@ def activation_bytes_per_token(shape: ModelShape, setup: Setup, row_tokens: int)
     mlp = a * 3 * i  # gate, up, act(gate)
     norms = 2 * rb * h * (2 if setup.fine_tuning_type == "full" else 1)  # inputs (+ outputs for weight grads)
     lora = a * r * 7 if setup.adapters else 0
-    mask = 2 * row_tokens + 1 if setup.device == "cpu" else 0  # bf16 additive copy per layer, bool once
     return {
-        "layer": linear_inputs + attention + mlp + norms + lora + mask,
+        "layer": linear_inputs + attention + mlp + norms + lora,
         "checkpointed": rb * h,
         "fixed": 3 * rb * h,  # embeddings' output, final norm
     }
@@ -255,7 +268,7 @@ def activation_bytes_per_token(shape: ModelShape, setup: Setup, row_tokens: int)
 
 def estimate(shape: ModelShape, setup: Setup, tokens: int, gradient_checkpointing: bool) -> Estimate:
     """Peak bytes to train one micro-batch of ``tokens`` packed tokens (at most one row of ``tokens``)."""
-    per = activation_bytes_per_token(shape, setup, tokens)
+    per = activation_bytes_per_token(shape, setup)
     if gradient_checkpointing:
         per_token = shape.num_layers * per["checkpointed"] + per["layer"]  # one layer recomputed at a time
     else:

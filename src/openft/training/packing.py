@@ -1,9 +1,9 @@
 """Padding-free batches: pack sequences into rows with per-sequence positions and per-sequence attention.
 
 Each row is one forward pass. Within a row every sequence restarts its ``position_ids`` at 0 and
-attends only to its own earlier tokens: through a 4D boolean block-diagonal mask (True = may attend)
-for models with a standard attention implementation (the CPU path), or through the row's cumulative
-sequence lengths for models loaded with ``training/attention.py``'s ``PACKED_ATTENTION`` (CUDA).
+attends only to its own earlier tokens: through the row's cumulative sequence lengths for models loaded
+with ``training/attention.py``'s ``PACKED_ATTENTION`` (every training model), or through a 4D boolean
+block-diagonal mask (True = may attend) for a model with a standard attention implementation.
 Targets are shifted per sequence before packing, so no token learns to predict the first token of
 its neighbour.
 """
