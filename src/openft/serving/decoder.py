@@ -126,10 +126,16 @@ class FastDecoder:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             keys, values = cache.update(k, v, index)
+            # The query heads that share a key/value head take the place of query positions: one SDPA of
+            # [rows, kv_heads, heads per kv head, dim] against the cache as it is, no keys expanded per head.
             o = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=self.scaling, enable_gqa=kv_heads != heads
+                q.reshape(rows, kv_heads, heads // kv_heads, head_dim),
+                keys,
+                values,
+                attn_mask=mask,
+                scale=self.scaling,
             )
-            o = o.transpose(1, 2).reshape(rows, q_size)
+            o = o.reshape(rows, q_size)
             out = F.linear(o, _base(attention.o_proj))
             if adapters is not None:
                 out = _plus(out, adapters.lora_delta((attention.o_proj,), o))
