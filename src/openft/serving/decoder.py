@@ -9,14 +9,16 @@ protocol: there a token of one stream took 35 ms in openft's batch, and takes 28
 What it does differently, and nothing else: the q/k/v projections are one matmul and gate/up another
 (the model's own weights, re-seated as views of one tensor each, so memory does not grow and transformers'
 forward, used for prefill, reads the same numbers). On a CPU in float32 every projection's weight is also
-stored transposed, ``[in, out]`` in memory (still an ``[out, in]`` view to the model): MKL's matmul of a few rows
-by such a matrix measured 1.2-1.4x faster at 4-32 rows (and 1.13x at a 320-token prefill), equal at one
-row. The LM head's weight too (3.2 ms less a step at 8 rows for SmolLM2's 49,152 x 576 head, 0.6 ms at
-one), and the embeddings with it when the model ties them: a lookup then gathers a strided row, which costs
-nothing that shows. In bfloat16 (oneDNN's kernels, on CPUs with native bf16) the transposed layout measured
-equal at 8 rows and slower at one (a SmolLM2 step 31 ms against 29.5; the LM head alone 5.8 ms against 3.2),
-so bfloat16 weights keep the model's layout. Rotary embeddings for the rows' positions are computed once per step, not per layer; each row's new keys and values go straight into the batch's ``SlotCache``;
-attention is one ``scaled_dot_product_attention`` over the cache's rows with grouped key/value heads. Each
+stored transposed, ``[in, out]`` in memory (still an ``[out, in]`` view to the model): MKL's matmul of a
+few rows by such a matrix measured 1.2-1.4x faster at 4-32 rows (and 1.13x at a 320-token prefill), equal
+at one row. The LM head's weight too (3.2 ms less a step at 8 rows for SmolLM2's 49,152 x 576 head, 0.6 ms
+at one), and the embeddings with it when the model ties them: a lookup then gathers a strided row, which
+costs nothing that shows. In bfloat16 (oneDNN's kernels, on CPUs with native bf16) the transposed layout
+measured equal at 8 rows and slower at one (a SmolLM2 step 31 ms against 29.5; the LM head alone 5.8 ms
+against 3.2), so bfloat16 weights keep the model's layout. Rotary embeddings for the rows' positions are
+computed once per step, not per layer; each row's new keys and values go straight into the batch's
+``SlotCache``; attention is one ``scaled_dot_product_attention`` over the cache's rows, the query heads
+that share a key/value head taking the place of its query positions (no keys expanded per head). Each
 LoRA adapter's contribution is added per projection group, from ``AdapterSet.lora_delta``. The arithmetic
 is transformers' own, op for op: in float32 its logits are bitwise those of transformers' forward over
 the same (re-seated) weights.

@@ -233,13 +233,11 @@ def weight_bytes(shape: ModelShape, setup: Setup) -> int:
         weights = 2 * shape.parameters
     else:
         weights = 4 * shape.parameters  # fp32: every CPU run, and full fine-tuning's master weights
-        if setup.bf16 and setup.adapters:
-            # CPU LoRA: the adapted linear weights are frozen and kept in bf16 alone
-            # (``training/models.py``); autocast's cached bf16 copies are of the other linears
-            adapted = shape.adapted_linear_parameters(setup.lora_targets)
-            weights += -2 * adapted + 2 * (linear - adapted)
-        elif setup.bf16:
-            weights += 2 * linear  # autocast's cached bf16 copies for the step
+        if setup.bf16:
+            # CPU LoRA keeps the adapted (frozen) linear weights in bf16 alone (``training/models.py``);
+            # autocast holds a cached bf16 copy of every other linear weight for the step
+            adapted = shape.adapted_linear_parameters(setup.lora_targets) if setup.adapters else 0
+            weights += 2 * (linear - adapted) - 2 * adapted
     if setup.method in ("dpo", "reinforcement") and setup.fine_tuning_type == "full":
         # a frozen reference copy of the base (LoRA's reference is the base with adapters off)
         weights += (2 if setup.device == "cuda" else 4) * shape.parameters
