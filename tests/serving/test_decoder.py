@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from openft.serving import packed
 from openft.serving.adapters import BASE, AdapterSet
 from openft.serving.decoder import FastDecoder
 from openft.serving.kv_cache import SlotCache
@@ -133,6 +134,57 @@ def test_rows_through_different_adapters_each_get_their_own_adapter(tiny_model_d
     for row, expected in enumerate([first, base, third]):
         torch.testing.assert_close(logits[row], expected, rtol=0, atol=1e-5)
     assert not torch.allclose(first, _reference(model, [*PROMPTS[0], nexts[0]]), atol=1e-3)  # adapters matter
+
+
+needs_packing = pytest.mark.skipif(
+    not packed._onednn_packs_bfloat16(), reason="this CPU or torch has no packed bfloat16 matmul (oneDNN)"
+)
+
+
+def _unpack(decoder: FastDecoder, adapters: AdapterSet | None = None) -> None:
+    for layer in decoder.layers:
+        layer.packed = (None, None, None, None)
+    decoder.head_packed = None
+    if adapters is not None:
+        for stack in adapters._stacks.values():
+            if stack is not None:
+                stack.packed = (None, None)
+
+
+@needs_packing
+def test_bfloat16_weights_in_onednn_layout_give_the_same_bits(tiny_model_dir: Path, adapter_dirs):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    decoder = FastDecoder.build(model)
+    assert decoder.head_packed is not None
+    assert all(w is not None for layer in decoder.layers for w in layer.packed)
+    adapters = AdapterSet(model, max_adapters=4, max_bytes=None)
+    names = [adapters.acquire(str(adapter_dirs[0])), BASE, adapters.acquire(str(adapter_dirs[1]))]
+    nexts = [40, 41, 42]
+    through_packed = _decode(model, decoder, PROMPTS, nexts, adapters, names)
+    stacks = [stack for stack in adapters._stacks.values() if stack is not None]
+    assert stacks and all(w is not None for stack in stacks for w in stack.packed)
+
+    _unpack(decoder, adapters)
+    assert torch.equal(through_packed, _decode(model, decoder, PROMPTS, nexts, adapters, names))
+    # and still the model: each row's logits near its own sequence's through transformers (bfloat16 sums)
+    base_row = _reference(model, [*PROMPTS[1], nexts[1]])
+    torch.testing.assert_close(through_packed[1].float(), base_row.float(), rtol=0, atol=0.1)
+
+
+@needs_packing
+def test_weights_are_packed_only_within_the_memory_budget(monkeypatch):
+    model = _model(_config("llama")).to(torch.bfloat16)
+    qkv_bytes = model.model.layers[0].self_attn.q_proj.weight.numel() * 2 * 10 // 6  # q, k and v
+    monkeypatch.setattr(packed, "_available_memory", lambda: 4 * qkv_bytes)  # the budget: a quarter
+    decoder = FastDecoder.build(model)
+    assert decoder.layers[0].packed[0] is not None  # the first layer's q/k/v fit
+    assert decoder.layers[-1].packed == (None, None, None, None) and decoder.head_packed is None
+    # the weights that are not packed run through F.linear: the same logits as with none packed
+    logits = _decode(model, decoder, PROMPTS, [3, 4, 5])
+    _unpack(decoder)
+    assert torch.equal(logits, _decode(model, decoder, PROMPTS, [3, 4, 5]))
 
 
 def test_architectures_it_does_not_reproduce_decode_through_transformers():

@@ -150,12 +150,12 @@ def test_generate_after_a_failed_decode_step_serves_the_next_request(models):
     heads = []
 
     def fail_once(module, args):
-        # The LM head runs once for the prefill, then once per decode step: the first decode step fails.
+        # The embeddings run once for the prefill, then once per decode step: the first decode step fails.
         heads.append(1)
         if len(heads) == 2:
             raise RuntimeError("device lost")
 
-    handle = loaded.model.lm_head.register_forward_pre_hook(fail_once)
+    handle = loaded.model.model.embed_tokens.register_forward_pre_hook(fail_once)
     try:
         request = parse_chat_request({"model": "tiny", "messages": HELLO, "max_tokens": 8})
         with pytest.raises(ServerError, match="device lost"):

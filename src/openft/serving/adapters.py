@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from openft.errors import ServerError
+from openft.serving.packed import Packer, linear
 
 BASE = "__base__"
 
@@ -40,6 +41,7 @@ class _Stack:
     a: Any  # [sum of ranks, in]
     b: Any  # [out, sum of ranks], each block scaled
     owners: tuple[int, ...]  # the slot of each of the sum-of-ranks columns
+    packed: tuple[Any, Any] = (None, None)  # a and b in oneDNN's layout, or None (serving/packed.py)
 
 
 class AdapterSet:
@@ -118,9 +120,13 @@ class AdapterSet:
             return None
         key = tuple(id(module) for module in modules)
         if key not in self._stacks:
-            self._stacks[key] = _join(
+            stack = _join(
                 [self._stack(module) if hasattr(module, "lora_A") else None for module in modules], modules
             )
+            packer = Packer.for_weights(stack.a) if stack is not None else None
+            if packer is not None:
+                stack.packed = (packer.pack(stack.a), packer.pack(stack.b))
+            self._stacks[key] = stack
         stack = self._stacks[key]
         if stack is None:
             return None
@@ -133,9 +139,8 @@ class AdapterSet:
             slots = self._row_slots[..., None] if x.dim() == 3 else self._row_slots.reshape(-1, 1)
             mask = (slots == owners).to(stack.a.dtype)
             self._masks[stack.owners, x.dim()] = mask
-        import torch.nn.functional as F
-
-        return F.linear(F.linear(x.to(stack.a.dtype), stack.a) * mask, stack.b).to(x.dtype)
+        packed_a, packed_b = stack.packed
+        return linear(linear(x.to(stack.a.dtype), stack.a, packed_a) * mask, stack.b, packed_b).to(x.dtype)
 
     # -- the forward hook ------------------------------------------------------------------------------
 

@@ -294,7 +294,10 @@ class BatchLoop:
         with torch.inference_mode():
             if len(group) == 1:
                 with self._rows([group[0][1]]):
-                    out = model.model(input_ids=ids, use_cache=True, logits_to_keep=1)
+                    # The last position by index, not `logits_to_keep=1`: the slice that makes is a view with
+                    # the prompt's strides, and a bfloat16 matmul of such a view on a CPU copied the whole
+                    # LM head first (SmolLM2: 62 ms against 3.5 for the same row indexed).
+                    out = model.model(input_ids=ids, use_cache=True, logits_to_keep=ends - 1)
             else:
                 segment = torch.repeat_interleave(
                     torch.arange(len(group), device=model.device), ends.diff(prepend=ends.new_zeros(1))

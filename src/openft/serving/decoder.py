@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from openft.serving.kv_cache import SlotCache
+from openft.serving.packed import Packer, linear
 
 # Architectures whose decoder layer is exactly: RMSNorm, q/k/v (bias allowed), rotary, attention, o, residual,
 # RMSNorm, SiLU-gated MLP, residual; and a final RMSNorm and LM head.
@@ -52,6 +53,8 @@ class _Layer:
     qkv_bias: torch.Tensor | None
     post_norm: torch.Tensor
     gate_up: torch.Tensor  # [gate; up] weights, one tensor
+    # The same weights (and o's and down's) in oneDNN's layout, or None (``serving/packed.py``).
+    packed: tuple[torch.Tensor | None, ...] = (None, None, None, None)  # qkv, o, gate_up, down
 
 
 class FastDecoder:
@@ -73,6 +76,14 @@ class FastDecoder:
         self.layers = [_fuse(layer, transpose) for layer in inner.layers]
         if transpose:
             _seat_head(model)
+        self.head_packed = None
+        packer = Packer.for_weights(weight)
+        if packer is not None:
+            for layer in self.layers:
+                attention, mlp = layer.module.self_attn, layer.module.mlp
+                weights = (layer.qkv, attention.o_proj.weight, layer.gate_up, mlp.down_proj.weight)
+                layer.packed = tuple(packer.pack(w) for w in weights)
+            self.head_packed = packer.pack(model.lm_head.weight)
 
     @classmethod
     def build(cls, model: Any) -> FastDecoder | None:
@@ -116,7 +127,8 @@ class FastDecoder:
         for index, layer in enumerate(self.layers):
             attention, mlp = layer.module.self_attn, layer.module.mlp
             h = self._norm(x, layer.input_norm)
-            qkv = F.linear(h, layer.qkv, layer.qkv_bias)
+            qkv_packed, o_packed, gate_up_packed, down_packed = layer.packed
+            qkv = linear(h, layer.qkv, qkv_packed, layer.qkv_bias)
             if adapters is not None:
                 qkv = _plus(
                     qkv, adapters.lora_delta((attention.q_proj, attention.k_proj, attention.v_proj), h)
@@ -138,20 +150,23 @@ class FastDecoder:
                 scale=self.scaling,
             )
             o = o.reshape(rows, q_size)
-            out = F.linear(o, _base(attention.o_proj))
+            out = linear(o, _base(attention.o_proj), o_packed)
             if adapters is not None:
                 out = _plus(out, adapters.lora_delta((attention.o_proj,), o))
             x = x + out
             h = self._norm(x, layer.post_norm)
-            gate_up = F.linear(h, layer.gate_up)
+            gate_up = linear(h, layer.gate_up, gate_up_packed)
             if adapters is not None:
                 gate_up = _plus(gate_up, adapters.lora_delta((mlp.gate_proj, mlp.up_proj), h))
             a = F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
-            out = F.linear(a, _base(mlp.down_proj))
+            out = linear(a, _base(mlp.down_proj), down_packed)
             if adapters is not None:
                 out = _plus(out, adapters.lora_delta((mlp.down_proj,), a))
             x = x + out
-        return self.model.lm_head(self._norm(x, self.final_norm))
+        head = self.model.lm_head
+        if self.head_packed is None or hasattr(head, "base_layer"):  # a LoRA on the head: its module adds it
+            return head(self._norm(x, self.final_norm))
+        return linear(self._norm(x, self.final_norm), head.weight, self.head_packed)
 
     def _norm(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # transformers' RMSNorm, op for op: in float32, then back to the model's dtype before the weight.
