@@ -7,6 +7,7 @@ in one step), never by the clock.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -104,6 +105,24 @@ def mixed_requests(eos: int) -> list[dict]:
     ]
 
 
+@contextlib.contextmanager
+def recorded_prefills(loaded) -> Iterator[list[int]]:
+    """The tokens of each prefill the loaded model's batch runs (through its FastDecoder)."""
+    decoder = loaded.loop.model.decoder
+    prefills: list[int] = []
+    prefill = decoder.prefill
+
+    def record(input_ids, *args, **kwargs):
+        prefills.append(input_ids.shape[0])
+        return prefill(input_ids, *args, **kwargs)
+
+    decoder.prefill = record
+    try:
+        yield prefills
+    finally:
+        del decoder.prefill
+
+
 def test_mixed_adapter_batch_answers_each_request_as_if_alone(serve_engine, models, eos_id):
     engine, client = serve_engine()
     requests = mixed_requests(eos_id)
@@ -111,19 +130,14 @@ def test_mixed_adapter_batch_answers_each_request_as_if_alone(serve_engine, mode
 
     base = models[BASE]
     before = engine.stats(base)
-    prefills: list[int] = []
-    hook = engine._bases[base.base_path].model.register_forward_hook(
-        lambda module, args, kwargs, out: (
-            prefills.append(kwargs["input_ids"].shape[1]) if kwargs["input_ids"].shape[1] > 1 else None
-        ),
-        with_kwargs=True,
-    )
-    with ThreadPoolExecutor(len(requests)) as pool:
+    with (
+        recorded_prefills(engine._bases[base.base_path]) as prefills,
+        ThreadPoolExecutor(len(requests)) as pool,
+    ):
         with engine.hold(base):
             futures = [pool.submit(answer, client, params) for params in requests]
             wait_until(lambda: engine.stats(base).waiting == len(requests), "every request to be queued")
         together = [future.result() for future in futures]
-    hook.remove()
 
     assert together == alone
     # The eight prompts were prefilled together, packed into one forward.
@@ -168,21 +182,10 @@ def test_request_joining_a_running_batch_answers_as_if_alone(serve_engine, model
 def test_n_choices_share_one_prefill(serve_engine, models):
     engine, client = serve_engine()
     client.chat.completions.create(model=BASE, messages=HELLO, max_tokens=1)  # loads the model
-    prefills: list[tuple[int, int]] = []
-
-    def record(module, args, kwargs, output) -> None:
-        shape = kwargs["input_ids"].shape
-        if shape[1] > 1:
-            prefills.append(tuple(shape))
-
-    loaded = engine._bases[models[BASE].base_path]
-    handle = loaded.model.register_forward_hook(record, with_kwargs=True)
-    try:
+    with recorded_prefills(engine._bases[models[BASE].base_path]) as prefills:
         completion = client.chat.completions.create(model=BASE, messages=HELLO, max_tokens=6, n=4, seed=2)
-    finally:
-        handle.remove()
 
-    assert prefills == [(1, completion.usage.prompt_tokens)]
+    assert prefills == [completion.usage.prompt_tokens]
     assert [c.finish_reason for c in completion.choices] == ["length"] * 4
     assert completion.usage.completion_tokens == 24
 

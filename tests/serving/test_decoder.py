@@ -136,6 +136,67 @@ def test_rows_through_different_adapters_each_get_their_own_adapter(tiny_model_d
     assert not torch.allclose(first, _reference(model, [*PROMPTS[0], nexts[0]]), atol=1e-3)  # adapters matter
 
 
+def _prefill(decoder: FastDecoder, prompts: list[list[int]], adapters=None, names=None):
+    lengths = [len(prompt) for prompt in prompts]
+    ids = torch.tensor([t for prompt in prompts for t in prompt])
+    positions = torch.cat([torch.arange(length) for length in lengths])
+    segment = torch.repeat_interleave(torch.arange(len(prompts)), torch.tensor(lengths))
+    with torch.inference_mode():
+        if adapters is None:
+            return decoder.prefill(ids, positions, lengths)
+        with adapters.rows(names, tokens=segment):
+            return decoder.prefill(ids, positions, lengths, adapters)
+
+
+@pytest.mark.parametrize("kind", ["llama", "qwen2", "mistral"])
+def test_a_prefill_of_packed_prompts_gives_each_the_logits_and_cache_of_its_prompt_alone(kind):
+    model = _model(_config(kind))
+    decoder = FastDecoder.build(model)
+    logits, layers = _prefill(decoder, PROMPTS)
+    assert logits.shape == (len(PROMPTS), model.config.vocab_size)
+    start = 0
+    for row, prompt in enumerate(PROMPTS):
+        with torch.inference_mode():
+            out = model(input_ids=torch.tensor([prompt]), use_cache=True)
+        torch.testing.assert_close(logits[row], out.logits[0, -1], rtol=0, atol=1e-5)
+        for (keys, values), expected in zip(layers, out.cache.layers, strict=True):
+            torch.testing.assert_close(
+                keys[:, :, start : start + len(prompt)], expected.keys, rtol=0, atol=1e-5
+            )
+            torch.testing.assert_close(
+                values[:, :, start : start + len(prompt)], expected.values, rtol=0, atol=1e-5
+            )
+        start += len(prompt)
+
+
+def test_a_packed_prefill_runs_each_prompt_through_its_own_adapter(tiny_model_dir: Path, adapter_dirs):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    decoder = FastDecoder.build(model)
+    adapters = AdapterSet(model, max_adapters=4, max_bytes=None)
+    names = [adapters.acquire(str(adapter_dirs[0])), BASE, adapters.acquire(str(adapter_dirs[1]))]
+    logits, _ = _prefill(decoder, PROMPTS, adapters, names)
+
+    reference = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
+        str(adapter_dirs[0]),
+        adapter_name="a",
+    ).eval()
+    reference.load_adapter(str(adapter_dirs[1]), adapter_name="b")
+    reference.set_adapter("a")
+    first = _reference(reference, PROMPTS[0])
+    with reference.disable_adapter():
+        base = _reference(reference, PROMPTS[1])
+    reference.set_adapter("b")
+    third = _reference(reference, PROMPTS[2])
+    for row, expected in enumerate([first, base, third]):
+        torch.testing.assert_close(logits[row], expected, rtol=0, atol=1e-5)
+    with reference.disable_adapter():
+        assert not torch.allclose(first, _reference(reference, PROMPTS[0]), atol=1e-3)  # the adapters matter
+
+
 needs_packing = pytest.mark.skipif(
     not packed._onednn_packs_bfloat16(), reason="this CPU or torch has no packed bfloat16 matmul (oneDNN)"
 )
@@ -163,11 +224,18 @@ def test_bfloat16_weights_in_onednn_layout_give_the_same_bits(tiny_model_dir: Pa
     names = [adapters.acquire(str(adapter_dirs[0])), BASE, adapters.acquire(str(adapter_dirs[1]))]
     nexts = [40, 41, 42]
     through_packed = _decode(model, decoder, PROMPTS, nexts, adapters, names)
+    prefilled, cache = _prefill(decoder, PROMPTS, adapters, names)
     stacks = [stack for stack in adapters._stacks.values() if stack is not None]
     assert stacks and all(w is not None for stack in stacks for w in stack.packed)
 
     _unpack(decoder, adapters)
     assert torch.equal(through_packed, _decode(model, decoder, PROMPTS, nexts, adapters, names))
+    prefilled_unpacked, cache_unpacked = _prefill(decoder, PROMPTS, adapters, names)
+    assert torch.equal(prefilled, prefilled_unpacked)
+    assert all(
+        torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+        for a, b in zip(cache, cache_unpacked, strict=True)
+    )
     # and still the model: each row's logits near its own sequence's through transformers (bfloat16 sums)
     base_row = _reference(model, [*PROMPTS[1], nexts[1]])
     torch.testing.assert_close(through_packed[1].float(), base_row.float(), rtol=0, atol=0.1)

@@ -282,41 +282,27 @@ class BatchLoop:
     def _prefill(self, group: list[tuple[Submission, str]]) -> None:
         """Prefill the prompts of ``group`` in one forward, then sample each request's first tokens.
 
-        Several prompts are packed into one row, each attending only to itself (a block-diagonal mask, positions
-        restarting at 0), so no padding is computed; each request's ``n`` choices share its prompt's prefill.
+        Several prompts are packed into one row, each attending only to itself (FastDecoder: one SDPA per prompt;
+        transformers' forward: a block-diagonal mask) with positions restarting at 0, so no padding is computed;
+        each request's ``n`` choices share its prompt's prefill.
         """
         model = self.model
         lengths = [len(submission.prompt.token_ids) for submission, _ in group]
         ids = torch.tensor(
             [[t for submission, _ in group for t in submission.prompt.token_ids]], device=model.device
         )
-        ends = torch.tensor(lengths, device=model.device).cumsum(0)
+        names = [name for _, name in group]
         with torch.inference_mode():
-            if len(group) == 1:
-                with self._rows([group[0][1]]):
-                    # The last position by index, not `logits_to_keep=1`: the slice that makes is a view with
-                    # the prompt's strides, and a bfloat16 matmul of such a view on a CPU copied the whole
-                    # LM head first (SmolLM2: 62 ms against 3.5 for the same row indexed).
-                    out = model.model(input_ids=ids, use_cache=True, logits_to_keep=ends - 1)
-            else:
+            if model.decoder is not None:
                 segment = torch.repeat_interleave(
-                    torch.arange(len(group), device=model.device), ends.diff(prepend=ends.new_zeros(1))
+                    torch.arange(len(group), device=model.device), torch.tensor(lengths, device=model.device)
                 )
-                index = torch.arange(ids.shape[1], device=model.device)
-                allowed = (segment[:, None] == segment[None, :]) & (index[:, None] >= index[None, :])
-                mask = torch.zeros(allowed.shape, dtype=model.dtype, device=model.device)
-                mask = mask.masked_fill_(~allowed, torch.finfo(model.dtype).min)[None, None]
-                positions = (index - (ends - ends.new_tensor(lengths))[segment])[None]
-                with self._rows([name for _, name in group], tokens=segment):
-                    out = model.model(
-                        input_ids=ids,
-                        position_ids=positions,
-                        attention_mask=mask,
-                        use_cache=True,
-                        logits_to_keep=ends - 1,
-                    )
-            layers = _layers(_output_cache(out))
-            logits = out.logits[0].float()  # one row per prompt: its last position's
+                positions = torch.cat([torch.arange(length, device=model.device) for length in lengths])
+                with self._rows(names, tokens=segment if len(group) > 1 else None):
+                    logits, layers = model.decoder.prefill(ids[0], positions, lengths, model.adapters)
+            else:
+                logits, layers = self._prefill_through_transformers(ids, lengths, names)
+            logits = logits.float()  # one row per prompt: its last position's
         start = 0
         for k, ((submission, adapter_name), length) in enumerate(zip(group, lengths, strict=True)):
             request = submission.request
@@ -357,6 +343,36 @@ class BatchLoop:
             self._counters.admitted += 1
             for choice, token in zip(choices, tokens.tolist(), strict=True):
                 self._accept(choice, token)
+
+    def _prefill_through_transformers(
+        self, ids: torch.Tensor, lengths: list[int], names: list[str]
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        model = self.model
+        ends = torch.tensor(lengths, device=model.device).cumsum(0)
+        if len(lengths) == 1:
+            with self._rows(names):
+                # The last position by index, not `logits_to_keep=1`: the slice that makes is a view with
+                # the prompt's strides, and a bfloat16 matmul of such a view on a CPU copied the whole
+                # LM head first (SmolLM2: 62 ms against 3.5 for the same row indexed).
+                out = model.model(input_ids=ids, use_cache=True, logits_to_keep=ends - 1)
+        else:
+            segment = torch.repeat_interleave(
+                torch.arange(len(lengths), device=model.device), ends.diff(prepend=ends.new_zeros(1))
+            )
+            index = torch.arange(ids.shape[1], device=model.device)
+            allowed = (segment[:, None] == segment[None, :]) & (index[:, None] >= index[None, :])
+            mask = torch.zeros(allowed.shape, dtype=model.dtype, device=model.device)
+            mask = mask.masked_fill_(~allowed, torch.finfo(model.dtype).min)[None, None]
+            positions = (index - (ends - ends.new_tensor(lengths))[segment])[None]
+            with self._rows(names, tokens=segment):
+                out = model.model(
+                    input_ids=ids,
+                    position_ids=positions,
+                    attention_mask=mask,
+                    use_cache=True,
+                    logits_to_keep=ends - 1,
+                )
+        return out.logits[0], _layers(_output_cache(out))
 
     def _decode(self) -> None:
         model = self.model

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 
 from openft.serving.kv_cache import SlotCache
 from openft.serving.packed import Packer, linear
+from openft.training.attention import per_sequence_sdpa
 
 # Architectures whose decoder layer is exactly: RMSNorm, q/k/v (bias allowed), rotary, attention, o, residual,
 # RMSNorm, SiLU-gated MLP, residual; and a final RMSNorm and LM head.
@@ -118,20 +119,69 @@ class FastDecoder:
         cached positions each row sees. ``adapters``: an ``AdapterSet`` inside its ``rows`` block, or None.
         """
         rows = input_ids.shape[0]
+        kv_heads, head_dim = self.kv_heads, self.head_dim
+        mask = attend[:, None, None, :]
+
+        def attention(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            keys, values = cache.update(k, v, index)
+            # The query heads that share a key/value head take the place of query positions: one SDPA of
+            # [rows, kv_heads, heads per kv head, dim] against the cache as it is, no keys expanded per head.
+            o = F.scaled_dot_product_attention(
+                q.reshape(rows, kv_heads, self.heads // kv_heads, head_dim),
+                keys,
+                values,
+                attn_mask=mask,
+                scale=self.scaling,
+            )
+            return o.reshape(rows, self.heads * head_dim)
+
+        return self._logits(self._layers(input_ids, positions, attention, adapters))
+
+    def prefill(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, lengths: list[int], adapters: Any = None
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Prompts packed end to end (``input_ids`` ``[tokens]``, ``positions`` restarting at each prompt's
+        start, ``lengths`` the prompts'): the logits of each prompt's last token ``[prompts, vocab]``, and each
+        layer's keys and values ``[1, kv_heads, tokens, head_dim]`` (as transformers' cache holds them).
+
+        The same layers as a decode step, a token per row; each prompt attends causally to itself alone (one
+        SDPA per prompt, no tokens x tokens mask). ``adapters``: inside ``rows(names, tokens=...)``.
+        """
+        tokens = input_ids.shape[0]
+        ends = torch.tensor(lengths, device=input_ids.device).cumsum(0)
+        bounds = torch.cat([ends.new_zeros(1), ends])
+        layers: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+        def attention(index: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            # q, k, v are [tokens, heads, 1, dim]: the cache wants [1, heads, tokens, dim] views.
+            layers.append((k.transpose(0, 2), v.transpose(0, 2)))
+            o = per_sequence_sdpa(q[:, :, 0], k[:, :, 0], v[:, :, 0], bounds, max(lengths), self.scaling)
+            return o.reshape(tokens, self.heads * self.head_dim)
+
+        hidden = self._layers(input_ids, positions, attention, adapters)
+        return self._logits(hidden[ends - 1]), layers
+
+    def _layers(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Any, adapters: Any
+    ) -> torch.Tensor:
+        """The decoder layers over one token per row; ``attention(layer, q, k, v)`` gives the heads' outputs."""
+        rows = input_ids.shape[0]
         heads, kv_heads, head_dim = self.heads, self.kv_heads, self.head_dim
         q_size, kv_size = heads * head_dim, kv_heads * head_dim
         x = self.embed(input_ids)
         cos, sin = self.rotary(x, positions[:, None])  # [rows, 1, head_dim]
         cos, sin = cos[:, :, None], sin[:, :, None]  # broadcast over heads: [rows, 1, 1, head_dim]
-        mask = attend[:, None, None, :]
         for index, layer in enumerate(self.layers):
-            attention, mlp = layer.module.self_attn, layer.module.mlp
-            h = self._norm(x, layer.input_norm)
+            attention_module, mlp = layer.module.self_attn, layer.module.mlp
             qkv_packed, o_packed, gate_up_packed, down_packed = layer.packed
+            h = self._norm(x, layer.input_norm)
             qkv = linear(h, layer.qkv, qkv_packed, layer.qkv_bias)
             if adapters is not None:
                 qkv = _plus(
-                    qkv, adapters.lora_delta((attention.q_proj, attention.k_proj, attention.v_proj), h)
+                    qkv,
+                    adapters.lora_delta(
+                        (attention_module.q_proj, attention_module.k_proj, attention_module.v_proj), h
+                    ),
                 )
             # [rows, 1, heads, dim] then [rows, heads, 1, dim], as transformers lays them out.
             q = qkv[:, :q_size].view(rows, 1, heads, head_dim).transpose(1, 2)
@@ -139,20 +189,10 @@ class FastDecoder:
             v = qkv[:, q_size + kv_size :].view(rows, 1, kv_heads, head_dim).transpose(1, 2)
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
-            keys, values = cache.update(k, v, index)
-            # The query heads that share a key/value head take the place of query positions: one SDPA of
-            # [rows, kv_heads, heads per kv head, dim] against the cache as it is, no keys expanded per head.
-            o = F.scaled_dot_product_attention(
-                q.reshape(rows, kv_heads, heads // kv_heads, head_dim),
-                keys,
-                values,
-                attn_mask=mask,
-                scale=self.scaling,
-            )
-            o = o.reshape(rows, q_size)
-            out = linear(o, _base(attention.o_proj), o_packed)
+            o = attention(index, q, k, v)
+            out = linear(o, _base(attention_module.o_proj), o_packed)
             if adapters is not None:
-                out = _plus(out, adapters.lora_delta((attention.o_proj,), o))
+                out = _plus(out, adapters.lora_delta((attention_module.o_proj,), o))
             x = x + out
             h = self._norm(x, layer.post_norm)
             gate_up = linear(h, layer.gate_up, gate_up_packed)
@@ -163,6 +203,9 @@ class FastDecoder:
             if adapters is not None:
                 out = _plus(out, adapters.lora_delta((mlp.down_proj,), a))
             x = x + out
+        return x
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
         head = self.model.lm_head
         if self.head_packed is None or hasattr(head, "base_layer"):  # a LoRA on the head: its module adds it
             return head(self._norm(x, self.final_norm))
@@ -214,9 +257,9 @@ def _seat_head(model: Any) -> None:
 
 def _reseat(linears: list[Any], name: str, joined: torch.Tensor) -> None:
     start = 0
-    for linear in linears:
-        size = getattr(linear, name).shape[0]
-        setattr(linear, name, torch.nn.Parameter(joined[start : start + size], requires_grad=False))
+    for module in linears:
+        size = getattr(module, name).shape[0]
+        setattr(module, name, torch.nn.Parameter(joined[start : start + size], requires_grad=False))
         start += size
 
 

@@ -75,7 +75,10 @@ def _onednn_packs_bfloat16() -> bool:
                 x = torch.randn(3, 24, generator=generator).to(torch.bfloat16)
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
                 _CHECKED = torch.equal(linear(x, weight, packed), F.linear(x, weight))
-        except (AttributeError, RuntimeError) as exc:  # a torch without these operators, or a CPU without bf16
+        except (
+            AttributeError,
+            RuntimeError,
+        ) as exc:  # a torch without these operators, or a CPU without bf16
             logger.info("oneDNN weight packing unavailable: %s", exc)
     return _CHECKED
 
