@@ -207,7 +207,8 @@ def _unpack(decoder: FastDecoder, adapters: AdapterSet | None = None) -> None:
         layer.packed = (None, None, None, None)
     decoder.head_packed = None
     if adapters is not None:
-        for stack in adapters._stacks.values():
+        for key, stack in adapters._stacks.items():
+            adapters._folded[key] = None  # no [W; A] packed together either
             if stack is not None:
                 stack.packed = (None, None)
 
@@ -227,6 +228,11 @@ def test_bfloat16_weights_in_onednn_layout_give_the_same_bits(tiny_model_dir: Pa
     prefilled, cache = _prefill(decoder, PROMPTS, adapters, names)
     stacks = [stack for stack in adapters._stacks.values() if stack is not None]
     assert stacks and all(w is not None for stack in stacks for w in stack.packed)
+    # The adapters are on q and v: each layer's q/k/v group ran their A in the frozen weight's matmul.
+    folded = [
+        adapters._folded[key] for key, stack in adapters._stacks.items() if stack and key in adapters._folded
+    ]
+    assert len(folded) == len(decoder.layers) and all(f is not None for f in folded)
 
     _unpack(decoder, adapters)
     assert torch.equal(through_packed, _decode(model, decoder, PROMPTS, nexts, adapters, names))

@@ -175,14 +175,14 @@ class FastDecoder:
             attention_module, mlp = layer.module.self_attn, layer.module.mlp
             qkv_packed, o_packed, gate_up_packed, down_packed = layer.packed
             h = self._norm(x, layer.input_norm)
-            qkv = linear(h, layer.qkv, qkv_packed, layer.qkv_bias)
-            if adapters is not None:
-                qkv = _plus(
-                    qkv,
-                    adapters.lora_delta(
-                        (attention_module.q_proj, attention_module.k_proj, attention_module.v_proj), h
-                    ),
-                )
+            qkv = _project(
+                adapters,
+                (attention_module.q_proj, attention_module.k_proj, attention_module.v_proj),
+                h,
+                layer.qkv,
+                qkv_packed,
+                layer.qkv_bias,
+            )
             # [rows, 1, heads, dim] then [rows, heads, 1, dim], as transformers lays them out.
             q = qkv[:, :q_size].view(rows, 1, heads, head_dim).transpose(1, 2)
             k = qkv[:, q_size : q_size + kv_size].view(rows, 1, kv_heads, head_dim).transpose(1, 2)
@@ -190,18 +190,12 @@ class FastDecoder:
             q = q * cos + _rotate_half(q) * sin
             k = k * cos + _rotate_half(k) * sin
             o = attention(index, q, k, v)
-            out = linear(o, _base(attention_module.o_proj), o_packed)
-            if adapters is not None:
-                out = _plus(out, adapters.lora_delta((attention_module.o_proj,), o))
+            out = _project(adapters, (attention_module.o_proj,), o, _base(attention_module.o_proj), o_packed)
             x = x + out
             h = self._norm(x, layer.post_norm)
-            gate_up = linear(h, layer.gate_up, gate_up_packed)
-            if adapters is not None:
-                gate_up = _plus(gate_up, adapters.lora_delta((mlp.gate_proj, mlp.up_proj), h))
+            gate_up = _project(adapters, (mlp.gate_proj, mlp.up_proj), h, layer.gate_up, gate_up_packed)
             a = F.silu(gate_up[:, : self.intermediate]) * gate_up[:, self.intermediate :]
-            out = linear(a, _base(mlp.down_proj), down_packed)
-            if adapters is not None:
-                out = _plus(out, adapters.lora_delta((mlp.down_proj,), a))
+            out = _project(adapters, (mlp.down_proj,), a, _base(mlp.down_proj), down_packed)
             x = x + out
         return x
 
@@ -273,5 +267,15 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
-def _plus(output: torch.Tensor, delta: torch.Tensor | None) -> torch.Tensor:
-    return output if delta is None else output + delta
+def _project(
+    adapters: Any,
+    modules: tuple[Any, ...],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    packed: torch.Tensor | None,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """A projection group's output: the frozen weight's, plus each row's adapter when there are adapters."""
+    if adapters is None:
+        return linear(x, weight, packed, bias)
+    return adapters.project(modules, x, weight, packed, bias)
