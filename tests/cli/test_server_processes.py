@@ -16,6 +16,7 @@ from starlette.testclient import TestClient
 
 from openft.api.app import create_app
 from openft.settings import Settings
+from openft.training.launch import find_tcmalloc
 
 # The process helpers and the tiny job are shared with the durability tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "durability"))
@@ -59,16 +60,16 @@ def client(app) -> Iterator[openai.OpenAI]:
 
 @pytest.fixture
 def start(settings, tmp_path) -> Iterator[Callable[..., subprocess.Popen]]:
-    """``start("serve")``: ``openft serve`` on a port the kernel picks; killed, with what it
-    started, at teardown."""
+    """``start("serve")``: ``openft serve`` on a port the kernel picks (``start("api", NAME="value")``: with
+    that in its environment); killed, with what it started, at teardown."""
     started: list[subprocess.Popen] = []
     seen: set[int] = set()
 
-    def run(*args: str) -> subprocess.Popen:
+    def run(*args: str, **env: str) -> subprocess.Popen:
         log = open(tmp_path / f"{args[0]}-{len(started)}.log", "ab")  # noqa: SIM115 - closed by Popen's owner
         proc = subprocess.Popen(
             [sys.executable, "-m", "openft.cli.main", *args],
-            env={**process_env(settings), "OPENFT_PORT": "0"},
+            env={**process_env(settings), "OPENFT_PORT": "0", **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -116,6 +117,20 @@ def _drained(client, services, job_id: str) -> None:
     texts = messages(services, job_id)
     assert any("requeued (the worker is shutting down)" in m for m in texts), texts
     assert not any("was lost" in m for m in texts)
+
+
+def _maps(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+@pytest.mark.skipif(
+    find_tcmalloc() is None, reason="tcmalloc is not installed (Debian: libtcmalloc-minimal4)"
+)
+def test_serve_runs_with_tcmalloc_preloaded_unless_told_not_to(start):
+    serve = start("serve")
+    assert "tcmalloc" in _maps(serve.pid)  # the same process, started over with tcmalloc preloaded
+    plain = start("api", OPENFT_TCMALLOC="0")
+    assert "tcmalloc" not in _maps(plain.pid)
 
 
 def test_sigterm_drains_the_worker_then_serve_exits(start, client, services):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 from pathlib import Path
 
@@ -28,6 +29,27 @@ def _logging() -> None:
         level=os.environ.get("OPENFT_LOG_LEVEL", "INFO").upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def _with_tcmalloc() -> None:
+    """Start this command over with tcmalloc preloaded, when it is installed and not loaded yet.
+
+    Chat inference runs in the API process, and a decode step or a prefill allocates and frees tensors of a
+    few megabytes each: glibc's malloc maps fresh pages for each (and faults them in), tcmalloc reuses them.
+    On a 2-core CPU with native bf16 (``bench/serve.py``, every runner preloaded or none) it served a single
+    stream 1.2x as fast and 8 streams 1.3x. The process image is replaced before anything else runs (same
+    pid, same arguments); ``OPENFT_TCMALLOC=0`` keeps glibc's malloc.
+    """
+    from openft.training.launch import find_tcmalloc
+
+    if os.environ.get("OPENFT_TCMALLOC", "1") == "0":
+        return
+    tcmalloc = find_tcmalloc()
+    preload = os.environ.get("LD_PRELOAD", "")
+    if tcmalloc is None or tcmalloc in preload:
+        return
+    env = {**os.environ, "LD_PRELOAD": ":".join(p for p in (tcmalloc, preload) if p)}
+    os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], env)
 
 
 def _run_api(settings: Settings, stop: threading.Event | None = None) -> None:
@@ -87,6 +109,7 @@ def serve(host: str | None, port: int | None, gpus: str | None) -> None:
     as a child process: SIGTERM or Ctrl-C drains it before openft exits, and it drains and exits
     by itself if this process is killed.
     """
+    _with_tcmalloc()
     _logging()
     try:
         settings = Settings.from_env(
@@ -112,6 +135,7 @@ def serve(host: str | None, port: int | None, gpus: str | None) -> None:
 )
 def api(host: str | None, port: int | None, validator: bool) -> None:
     """Run the HTTP API (run as many replicas as you like against one PostgreSQL)."""
+    _with_tcmalloc()
     _logging()
     settings = _settings(host, port)
     if not validator:

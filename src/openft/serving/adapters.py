@@ -7,7 +7,8 @@ LoRA layer instead holds its adapters side by side, ``A = [A_1; ...; A_k]`` and 
 and a forward hook adds ``((x A^T) * mask) B^T``, where the mask keeps, for each row, the columns of that row's
 adapter. That is two small matmuls per layer whatever the mix, and exactly ``B_i A_i x`` for each row: the
 other adapters' columns contribute exact zeros, and base rows get nothing added. ``FastDecoder``, which runs
-q/k/v (and gate/up) as one matmul, asks ``lora_delta`` for the same over a group of projections.
+q/k/v (and gate/up) as one matmul, asks ``project`` for the same over a group of projections (with weights
+packed for oneDNN, ``A`` then rides in the frozen weight's matmul).
 
 Only the engine's compute thread calls into this object; adapters in use by a running request are never evicted.
 """

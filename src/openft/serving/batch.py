@@ -8,8 +8,8 @@ the base), samples, and drops the choices that finished or whose reader went awa
 decoding of the others for its duration (prompts are not split into chunks). Requests wait in a bounded queue; a request
 that finds it full gets a 429 at once.
 
-A decode step runs through ``FastDecoder`` where the model's architecture allows (``serving/decoder.py``),
-through transformers' forward otherwise. When nothing is running or waiting, the loop gives the batch's
+Prefills and decode steps run through ``FastDecoder`` where the model's architecture allows
+(``serving/decoder.py``), through transformers' forward otherwise. When nothing is running or waiting, the loop gives the batch's
 key/value cache back.
 """
 

@@ -1,4 +1,4 @@
-"""One decode step of a Llama-family model, written out for the batch: every running row advances one token.
+"""The decode step (and the prefill) of a Llama-family model, written out for the batch.
 
 A decode step reads every weight of the model once to produce one token per row, so on a CPU its floor is
 the memory bandwidth (SmolLM2-135M in float32: 541 MB a step, about 19 ms on a 2-core AVX2 machine).
@@ -7,24 +7,28 @@ protocol: there a token of one stream took 35 ms in openft's batch, and takes 28
 (``bench/serve.py``'s ``openft-hf`` and ``openft`` rows).
 
 What it does differently, and nothing else: the q/k/v projections are one matmul and gate/up another
-(the model's own weights, re-seated as views of one tensor each, so memory does not grow and transformers'
-forward, used for prefill, reads the same numbers). On a CPU in float32 every projection's weight is also
-stored transposed, ``[in, out]`` in memory (still an ``[out, in]`` view to the model): MKL's matmul of a
-few rows by such a matrix measured 1.2-1.4x faster at 4-32 rows (and 1.13x at a 320-token prefill), equal
-at one row. The LM head's weight too (3.2 ms less a step at 8 rows for SmolLM2's 49,152 x 576 head, 0.6 ms
-at one), and the embeddings with it when the model ties them: a lookup then gathers a strided row, which
-costs nothing that shows. In bfloat16 (oneDNN's kernels, on CPUs with native bf16) the transposed layout
-measured equal at 8 rows and slower at one (a SmolLM2 step 31 ms against 29.5; the LM head alone 5.8 ms
-against 3.2), so bfloat16 weights keep the model's layout. Rotary embeddings for the rows' positions are
-computed once per step, not per layer; each row's new keys and values go straight into the batch's
-``SlotCache``; attention is one ``scaled_dot_product_attention`` over the cache's rows, the query heads
-that share a key/value head taking the place of its query positions (no keys expanded per head). Each
-LoRA adapter's contribution is added per projection group, from ``AdapterSet.lora_delta``. The arithmetic
-is transformers' own, op for op: in float32 its logits are bitwise those of transformers' forward over
-the same (re-seated) weights.
+(the model's own weights, re-seated as views of one tensor each, so transformers' forward reads the same
+numbers). On a CPU in float32 every projection's weight is also stored transposed, ``[in, out]`` in memory
+(still an ``[out, in]`` view to the model): MKL's matmul of a few rows by such a matrix measured 1.2-1.4x
+faster at 4-32 rows (and 1.13x at a 320-token prefill), equal at one row. The LM head's weight too (3.2 ms
+less a step at 8 rows for SmolLM2's 49,152 x 576 head, 0.6 ms at one), and the embeddings with it when the
+model ties them: a lookup then gathers a strided row, which costs nothing that shows. In bfloat16 on a CPU
+(oneDNN's kernels) the projections and the LM head also keep a copy in oneDNN's blocked layout
+(``serving/packed.py``: F.linear reordered the weight at every call; a SmolLM2 step of one row 32-34 ms ->
+23 ms, of 8 rows 42-48 -> 28 ms, the same bits), and an adapter's ``A`` rides in its group's matmul
+(``AdapterSet.project``). Rotary embeddings for the rows' positions are computed once per step, not per
+layer; each row's new keys and values go straight into the batch's ``SlotCache``; attention is one
+``scaled_dot_product_attention`` over the cache's rows, the query heads that share a key/value head taking
+the place of its query positions (no keys expanded per head). Each LoRA adapter's contribution is added per
+projection group. The arithmetic is transformers' own, op for op: in float32 its logits are bitwise those of
+transformers' forward over the same (re-seated) weights.
 
-Models of other architectures, or with features this step does not reproduce, decode through transformers'
-forward (``FastDecoder.build`` returns None for them).
+A prefill runs the same layers over the prompts' tokens, a token per row, each prompt attending causally to
+itself alone (one SDPA per prompt: prompts arriving together are packed end to end, with no tokens x tokens
+mask), and gives each prompt's last logits and every layer's keys and values for the cache.
+
+Models of other architectures, or with features this step does not reproduce, prefill and decode through
+transformers' forward (``FastDecoder.build`` returns None for them).
 """
 
 from __future__ import annotations
