@@ -59,7 +59,9 @@ class Settings:
     serving_max_batch: int = 32  # sequences of one base model (and its adapters) decoded together
     serving_max_queue: int = 64  # requests waiting for a place in that batch; one more is a 429
     serving_dtype: str = "auto"  # auto: bfloat16 on CUDA and on CPUs with native bf16, float32 elsewhere
-    serving_fast_decode: bool = True  # openft's own prefill and decode step for Llama-family models (off: transformers')
+    serving_fast_decode: bool = (
+        True  # openft's own prefill and decode step for Llama-family models (off: transformers')
+    )
     allow_remote_without_keys: bool = False
     # Webhooks: seconds to wait before each retry after a failed attempt (about 27 hours in all, as
     # Standard Webhooks senders do); an API process delivers unless webhook_delivery is off.

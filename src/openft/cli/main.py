@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import click
 
 from openft.cli import client, projects, server, webhooks
@@ -20,5 +22,11 @@ for command in server.COMMANDS + client.COMMANDS + projects.COMMANDS + webhooks.
     main.add_command(command)
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script: ``openft serve`` and ``openft api`` first start over with tcmalloc preloaded."""
+    server.preload_tcmalloc(sys.argv[1:])
     main()
+
+
+if __name__ == "__main__":
+    run()

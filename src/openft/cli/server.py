@@ -31,8 +31,11 @@ def _logging() -> None:
     )
 
 
-def _with_tcmalloc() -> None:
-    """Start this command over with tcmalloc preloaded, when it is installed and not loaded yet.
+def preload_tcmalloc(args: list[str]) -> None:
+    """Start ``openft serve`` and ``openft api`` (``args``: the command line after ``openft``) over with
+    tcmalloc preloaded, when it is installed and not loaded yet. Called by the console script before click
+    parses anything, never by a command's own code, so invoking a command inside another process (a test's
+    CliRunner) never replaces that process.
 
     Chat inference runs in the API process, and a decode step or a prefill allocates and frees tensors of a
     few megabytes each: glibc's malloc maps fresh pages for each (and faults them in), tcmalloc reuses them.
@@ -42,7 +45,7 @@ def _with_tcmalloc() -> None:
     """
     from openft.training.launch import find_tcmalloc
 
-    if os.environ.get("OPENFT_TCMALLOC", "1") == "0":
+    if not args or args[0] not in ("serve", "api") or os.environ.get("OPENFT_TCMALLOC", "1") == "0":
         return
     tcmalloc = find_tcmalloc()
     preload = os.environ.get("LD_PRELOAD", "")
@@ -109,7 +112,6 @@ def serve(host: str | None, port: int | None, gpus: str | None) -> None:
     as a child process: SIGTERM or Ctrl-C drains it before openft exits, and it drains and exits
     by itself if this process is killed.
     """
-    _with_tcmalloc()
     _logging()
     try:
         settings = Settings.from_env(
@@ -135,7 +137,6 @@ def serve(host: str | None, port: int | None, gpus: str | None) -> None:
 )
 def api(host: str | None, port: int | None, validator: bool) -> None:
     """Run the HTTP API (run as many replicas as you like against one PostgreSQL)."""
-    _with_tcmalloc()
     _logging()
     settings = _settings(host, port)
     if not validator:
