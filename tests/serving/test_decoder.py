@@ -261,6 +261,24 @@ def test_weights_are_packed_only_within_the_memory_budget(monkeypatch):
     assert torch.equal(logits, _decode(model, decoder, PROMPTS, [3, 4, 5]))
 
 
+@needs_packing
+def test_adapters_pack_nothing_beyond_their_budget_and_still_add_their_part(
+    tiny_model_dir: Path, adapter_dirs, monkeypatch
+):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
+    decoder = FastDecoder.build(model)  # its own weights packed
+    monkeypatch.setattr(packed, "_available_memory", lambda: 0)  # the adapters find no memory to spare
+    adapters = AdapterSet(model, max_adapters=4, max_bytes=None)
+    names = [adapters.acquire(str(adapter_dirs[0])), BASE, adapters.acquire(str(adapter_dirs[1]))]
+    logits = _decode(model, decoder, PROMPTS, [40, 41, 42], adapters, names)
+    assert adapters._folded and all(folded is None for folded in adapters._folded.values())
+    assert all(stack.packed == (None, None) for stack in adapters._stacks.values() if stack is not None)
+    _unpack(decoder, adapters)
+    assert torch.equal(logits, _decode(model, decoder, PROMPTS, [40, 41, 42], adapters, names))
+
+
 def test_architectures_it_does_not_reproduce_decode_through_transformers():
     from transformers import GPT2Config
 

@@ -60,6 +60,8 @@ class AdapterSet:
         self._stacks: dict[tuple[int, ...], _Stack | None] = {}
         # By the same keys: FastDecoder's packed [W; A] and its bias, or None where it does not fit.
         self._folded: dict[tuple[int, ...], Any] = {}
+        # What packs them (and the stacks), one budget for all: None until needed, False where nothing packs.
+        self._packer: Packer | bool | None = None
         self._row_slots: Any = None  # per row of the running forward: its adapter's slot, -1 for the base
         self._masks: dict[tuple[tuple[int, ...], int], Any] = {}  # by a stack's owners and the input's rank
 
@@ -151,7 +153,7 @@ class AdapterSet:
             stack = _join(
                 [self._stack(module) if hasattr(module, "lora_A") else None for module in modules], modules
             )
-            packer = Packer.for_weights(stack.a) if stack is not None else None
+            packer = self._packer_for(stack.a) if stack is not None else None
             if packer is not None:
                 stack.packed = (packer.pack(stack.a), packer.pack(stack.b))
             self._stacks[key] = stack
@@ -164,13 +166,24 @@ class AdapterSet:
             import torch
 
             folded = None
-            packer = Packer.for_weights(weight)
+            packer = self._packer_for(weight)
             joined = packer.pack(torch.cat([weight, stack.a])) if packer is not None else None
             if joined is not None:
                 joined_bias = None if bias is None else torch.cat([bias, bias.new_zeros(stack.a.shape[0])])
                 folded = (joined, joined_bias)
             self._folded[key] = folded
         return self._folded[key]
+
+    def _packer_for(self, weight: Any) -> Packer | None:
+        if self._packer is None:
+            self._packer = Packer.for_weights(weight) or False
+        return self._packer or None
+
+    def _forget_stacks(self) -> None:
+        # After a load or an eviction: the stacks and their packed copies are rebuilt, within a fresh budget.
+        self._stacks.clear()
+        self._folded.clear()
+        self._packer = None
 
     def _mask(self, stack: _Stack, x: Any) -> Any:
         """``[rows, 1, R]`` for a batch, ``[1, tokens, R]`` for packed prompts, ``[rows, R]`` for FastDecoder:
@@ -225,8 +238,7 @@ class AdapterSet:
         adapter = _Adapter(name, slot, _adapter_bytes(path))
         with self._lock:
             self.loaded[path] = adapter
-        self._stacks.clear()
-        self._folded.clear()
+        self._forget_stacks()
         return adapter
 
     def _adopt_layers(self, name: str, path: str) -> None:
@@ -267,8 +279,7 @@ class AdapterSet:
                 with self._lock:
                     del self.loaded[path]
                 self.peft.delete_adapter(adapter.name)
-                self._stacks.clear()
-                self._folded.clear()
+                self._forget_stacks()
                 return True
         return False
 
