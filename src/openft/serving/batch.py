@@ -9,8 +9,8 @@ decoding of the others for its duration (prompts are not split into chunks). Req
 that finds it full gets a 429 at once.
 
 Prefills and decode steps run through ``FastDecoder`` where the model's architecture allows
-(``serving/decoder.py``), through transformers' forward otherwise. When nothing is running or waiting, the loop gives the batch's
-key/value cache back.
+(``serving/decoder.py``), through transformers' forward otherwise. When nothing is running or waiting, the
+loop gives the batch's key/value cache back.
 """
 
 from __future__ import annotations
@@ -298,7 +298,7 @@ class BatchLoop:
                     torch.arange(len(group), device=model.device), torch.tensor(lengths, device=model.device)
                 )
                 positions = torch.cat([torch.arange(length, device=model.device) for length in lengths])
-                with self._rows(names, tokens=segment if len(group) > 1 else None):
+                with self._rows(names, tokens=segment):
                     logits, layers = model.decoder.prefill(ids[0], positions, lengths, model.adapters)
             else:
                 logits, layers = self._prefill_through_transformers(ids, lengths, names)

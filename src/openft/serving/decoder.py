@@ -187,8 +187,8 @@ class FastDecoder:
                 qkv_packed,
                 layer.qkv_bias,
             )
-            # [rows, 1, heads, dim] then [rows, heads, 1, dim], as transformers lays them out.
-            # Rotary embeddings on the query and key heads together: the same operations, half the calls.
+            # [rows, 1, heads, dim] then [rows, heads, 1, dim], as transformers lays them out; rotary
+            # embeddings on the query and key heads together (the same operations, half the calls).
             qk = qkv[:, : q_size + kv_size].view(rows, 1, heads + kv_heads, head_dim).transpose(1, 2)
             qk = qk * cos + _rotate_half(qk) * sin
             q, k = qk[:, :heads], qk[:, heads:]

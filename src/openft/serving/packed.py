@@ -7,8 +7,8 @@ inference) the same matmuls read each weight once a call: on a 2-core AMD EPYC w
 SmolLM2-sized matmuls went from 10.7 to 18.2 GB/s at one row and 11.1 to 17.8 at eight, the LM head
 4.8 -> 2.2 ms, and a stacked LoRA matmul 1.3-2x faster; the outputs are the same bits as ``F.linear``'s.
 
-The blocked copy is memory beside the model's own weights (which transformers' forward, used for prefill,
-still reads), so ``Packer`` packs only while the copies fit in a quarter of the memory available when the
+The blocked copy is memory beside the model's own weights (which PEFT and transformers' forward still
+read), so ``Packer`` packs only while the copies fit in a quarter of the memory available when the
 model loaded, and never where oneDNN lacks the kernels (it checks one matmul against ``F.linear`` first).
 Float32 weights are left alone: oneDNN's float32 results differ in the last bits from MKL's, which
 transformers' forward uses, and the decode step's float32 logits are bitwise transformers'.
@@ -17,10 +17,11 @@ transformers' forward uses, and the decode step's float32 logits are bitwise tra
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
+from openft.training.hardware import available_memory_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ class Packer:
         """A packer for a model whose weights are like ``weight``, or None where packing does not apply."""
         if weight.device.type != "cpu" or weight.dtype != torch.bfloat16 or not _onednn_packs_bfloat16():
             return None
-        return cls(_available_memory() // 4)
+        return cls(available_memory_bytes() // 4)
 
     def pack(self, weight: torch.Tensor) -> torch.Tensor | None:
         nbytes = weight.numel() * weight.element_size()
@@ -75,19 +76,7 @@ def _onednn_packs_bfloat16() -> bool:
                 x = torch.randn(3, 24, generator=generator).to(torch.bfloat16)
                 packed = torch.ops.mkldnn._reorder_linear_weight(weight, _ROWS_HINT)
                 _CHECKED = torch.equal(linear(x, weight, packed), F.linear(x, weight))
-        except (
-            AttributeError,
-            RuntimeError,
-        ) as exc:  # a torch without these operators, or a CPU without bf16
+        # a torch without these operators, or a CPU without bf16
+        except (AttributeError, RuntimeError) as exc:
             logger.info("oneDNN weight packing unavailable: %s", exc)
     return _CHECKED
-
-
-def _available_memory() -> int:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0  # unknown: pack nothing

@@ -44,13 +44,23 @@ def cpu_has_native_bf16() -> bool:
 
 
 def host_memory_bytes() -> int:
+    total = _meminfo_bytes("MemTotal")
+    return total if total is not None else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def available_memory_bytes() -> int:
+    """Memory the kernel says a new allocation can have without swapping (0 where it does not say)."""
+    return _meminfo_bytes("MemAvailable") or 0
+
+
+def _meminfo_bytes(field: str) -> int | None:
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except (OSError, ValueError, IndexError):
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
 
 
 def cuda_devices(environ: Mapping[str, str] | None = None) -> list[CudaDevice]:
