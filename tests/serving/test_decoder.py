@@ -108,16 +108,23 @@ def test_fusing_the_projections_leaves_transformers_forward_unchanged(tied):
     assert (model.lm_head.weight is model.model.embed_tokens.weight) is tied
 
 
-def test_rows_through_different_adapters_each_get_their_own_adapter(tiny_model_dir: Path, adapter_dirs):
-    from peft import PeftModel
+def _with_two_adapters(tiny_model_dir: Path, adapter_dirs, dtype=torch.float32):
+    """The tiny model, its FastDecoder, and an AdapterSet holding adapters 0 and 1; the names of rows
+    through adapter 0, the base and adapter 1."""
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=dtype).eval()
     decoder = FastDecoder.build(model)
     adapters = AdapterSet(model, max_adapters=4, max_bytes=None)
     names = [adapters.acquire(str(adapter_dirs[0])), BASE, adapters.acquire(str(adapter_dirs[1]))]
-    nexts = [40, 41, 42]
-    logits = _decode(model, decoder, PROMPTS, nexts, adapters, names)
+    return model, decoder, adapters, names
+
+
+def _through_peft(tiny_model_dir: Path, adapter_dirs, sequences: list[list[int]]):
+    """PEFT's own last logits for ``sequences[0]`` through adapter 0, ``[1]`` through none, ``[2]`` through
+    adapter 1; and ``sequences[0]``'s through none (to show the adapters matter)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
 
     reference = PeftModel.from_pretrained(
         AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
@@ -126,14 +133,25 @@ def test_rows_through_different_adapters_each_get_their_own_adapter(tiny_model_d
     ).eval()
     reference.load_adapter(str(adapter_dirs[1]), adapter_name="b")
     reference.set_adapter("a")
-    first = _reference(reference, [*PROMPTS[0], nexts[0]])
+    first = _reference(reference, sequences[0])
     with reference.disable_adapter():
-        base = _reference(reference, [*PROMPTS[1], nexts[1]])
+        base = _reference(reference, sequences[1])
+        first_without = _reference(reference, sequences[0])
     reference.set_adapter("b")
-    third = _reference(reference, [*PROMPTS[2], nexts[2]])
-    for row, expected in enumerate([first, base, third]):
-        torch.testing.assert_close(logits[row], expected, rtol=0, atol=1e-5)
-    assert not torch.allclose(first, _reference(model, [*PROMPTS[0], nexts[0]]), atol=1e-3)  # adapters matter
+    third = _reference(reference, sequences[2])
+    return [first, base, third], first_without
+
+
+def test_rows_through_different_adapters_each_get_their_own_adapter(tiny_model_dir: Path, adapter_dirs):
+    model, decoder, adapters, names = _with_two_adapters(tiny_model_dir, adapter_dirs)
+    nexts = [40, 41, 42]
+    logits = _decode(model, decoder, PROMPTS, nexts, adapters, names)
+
+    sequences = [[*prompt, token] for prompt, token in zip(PROMPTS, nexts, strict=True)]
+    expected, first_without = _through_peft(tiny_model_dir, adapter_dirs, sequences)
+    for row in range(len(PROMPTS)):
+        torch.testing.assert_close(logits[row], expected[row], rtol=0, atol=1e-5)
+    assert not torch.allclose(expected[0], first_without, atol=1e-3)  # adapters matter
 
 
 def _prefill(decoder: FastDecoder, prompts: list[list[int]], adapters=None, names=None):
@@ -170,31 +188,13 @@ def test_a_prefill_of_packed_prompts_gives_each_the_logits_and_cache_of_its_prom
 
 
 def test_a_packed_prefill_runs_each_prompt_through_its_own_adapter(tiny_model_dir: Path, adapter_dirs):
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32).eval()
-    decoder = FastDecoder.build(model)
-    adapters = AdapterSet(model, max_adapters=4, max_bytes=None)
-    names = [adapters.acquire(str(adapter_dirs[0])), BASE, adapters.acquire(str(adapter_dirs[1]))]
+    _, decoder, adapters, names = _with_two_adapters(tiny_model_dir, adapter_dirs)
     logits, _ = _prefill(decoder, PROMPTS, adapters, names)
 
-    reference = PeftModel.from_pretrained(
-        AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32),
-        str(adapter_dirs[0]),
-        adapter_name="a",
-    ).eval()
-    reference.load_adapter(str(adapter_dirs[1]), adapter_name="b")
-    reference.set_adapter("a")
-    first = _reference(reference, PROMPTS[0])
-    with reference.disable_adapter():
-        base = _reference(reference, PROMPTS[1])
-    reference.set_adapter("b")
-    third = _reference(reference, PROMPTS[2])
-    for row, expected in enumerate([first, base, third]):
-        torch.testing.assert_close(logits[row], expected, rtol=0, atol=1e-5)
-    with reference.disable_adapter():
-        assert not torch.allclose(first, _reference(reference, PROMPTS[0]), atol=1e-3)  # the adapters matter
+    expected, first_without = _through_peft(tiny_model_dir, adapter_dirs, PROMPTS)
+    for row in range(len(PROMPTS)):
+        torch.testing.assert_close(logits[row], expected[row], rtol=0, atol=1e-5)
+    assert not torch.allclose(expected[0], first_without, atol=1e-3)  # the adapters matter
 
 
 needs_packing = pytest.mark.skipif(
@@ -215,14 +215,9 @@ def _unpack(decoder: FastDecoder, adapters: AdapterSet | None = None) -> None:
 
 @needs_packing
 def test_bfloat16_weights_in_onednn_layout_give_the_same_bits(tiny_model_dir: Path, adapter_dirs):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
-    decoder = FastDecoder.build(model)
+    model, decoder, adapters, names = _with_two_adapters(tiny_model_dir, adapter_dirs, torch.bfloat16)
     assert decoder.head_packed is not None
     assert all(w is not None for layer in decoder.layers for w in layer.packed)
-    adapters = AdapterSet(model, max_adapters=4, max_bytes=None)
-    names = [adapters.acquire(str(adapter_dirs[0])), BASE, adapters.acquire(str(adapter_dirs[1]))]
     nexts = [40, 41, 42]
     through_packed = _decode(model, decoder, PROMPTS, nexts, adapters, names)
     prefilled, cache = _prefill(decoder, PROMPTS, adapters, names)
@@ -251,7 +246,7 @@ def test_bfloat16_weights_in_onednn_layout_give_the_same_bits(tiny_model_dir: Pa
 def test_weights_are_packed_only_within_the_memory_budget(monkeypatch):
     model = _model(_config("llama")).to(torch.bfloat16)
     qkv_bytes = model.model.layers[0].self_attn.q_proj.weight.numel() * 2 * 10 // 6  # q, k and v
-    monkeypatch.setattr(packed, "_available_memory", lambda: 4 * qkv_bytes)  # the budget: a quarter
+    monkeypatch.setattr(packed, "available_memory_bytes", lambda: 4 * qkv_bytes)  # the budget: a quarter
     decoder = FastDecoder.build(model)
     assert decoder.layers[0].packed[0] is not None  # the first layer's q/k/v fit
     assert decoder.layers[-1].packed == (None, None, None, None) and decoder.head_packed is None
@@ -265,13 +260,9 @@ def test_weights_are_packed_only_within_the_memory_budget(monkeypatch):
 def test_adapters_pack_nothing_beyond_their_budget_and_still_add_their_part(
     tiny_model_dir: Path, adapter_dirs, monkeypatch
 ):
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.bfloat16).eval()
-    decoder = FastDecoder.build(model)  # its own weights packed
-    monkeypatch.setattr(packed, "_available_memory", lambda: 0)  # the adapters find no memory to spare
-    adapters = AdapterSet(model, max_adapters=4, max_bytes=None)
-    names = [adapters.acquire(str(adapter_dirs[0])), BASE, adapters.acquire(str(adapter_dirs[1]))]
+    # The decoder's own weights are packed; the adapters pack at their first step, and find no memory to spare.
+    model, decoder, adapters, names = _with_two_adapters(tiny_model_dir, adapter_dirs, torch.bfloat16)
+    monkeypatch.setattr(packed, "available_memory_bytes", lambda: 0)
     logits = _decode(model, decoder, PROMPTS, [40, 41, 42], adapters, names)
     assert adapters._folded and all(folded is None for folded in adapters._folded.values())
     assert all(stack.packed == (None, None) for stack in adapters._stacks.values() if stack is not None)
